@@ -1,0 +1,1 @@
+"""The volunteer agent: session with the coordinator, shard worker."""

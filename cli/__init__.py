@@ -1,0 +1,1 @@
+"""The `butterfly` command line: the one place that may start both sides."""

@@ -1,0 +1,138 @@
+"""The ``butterfly`` command: coordinator, invite, volunteer, generate, demo.
+
+Each subcommand imports only what it needs, so ``butterfly --help`` and the volunteer
+start fast. Errors from the product end the command with a one-line message and a
+hint, never a traceback; the exit code is 2 for bad input and 1 for everything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+from core.errors import ButterflyError, ConfigError
+
+VERSION = "0.1.0"
+
+
+def self_command(*args: str) -> list[str]:
+    """The argv that runs this very program with ``args`` (works installed and frozen)."""
+    if getattr(sys, "frozen", False):
+        return [sys.executable, *args]
+    return [sys.executable, "-m", "cli", *args]
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``15m``, ``24h``, ``7d`` -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = text.strip().lower()
+    try:
+        if text and text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"cannot read duration {text!r}", hint="use e.g. 90s, 15m, 24h or 7d") from None
+
+
+def _add_coordinator_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="default", help="a .gguf file, a Hugging Face model folder, or 'default' (SmolLM2-135M-Instruct)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8765, help="port for volunteers and clients (0 = any free port)")
+    p.add_argument("--public-url", help="the http(s) URL volunteers should use, if not host:port")
+    p.add_argument("--data-dir", type=Path, help="where the pool key lives (default: the platform data dir)")
+    p.add_argument("--pool-name", default="Butterfly pool")
+    p.add_argument("--min-volunteers", type=int, default=1, help="volunteers to wait for before the first plan")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--api-key", help="require this Bearer key for the generation API")
+    p.add_argument("--invite-uses", type=int, default=None, help="uses of the printed invite (default unlimited)")
+    p.add_argument("--invite-ttl", default="24h", help="lifetime of the printed invite (default 24h)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="butterfly", description="Run language models on a pool of volunteers' computers.")
+    parser.add_argument("--version", action="version", version=f"butterfly {VERSION}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("coordinator", help="host a pool: admit volunteers, split the model, serve generations")
+    _add_coordinator_args(p)
+
+    p = sub.add_parser("invite", help="create an invite to a pool hosted on this machine")
+    p.add_argument("--data-dir", type=Path, help="the coordinator's data dir (default: the platform data dir)")
+    p.add_argument("--url", default="ws://127.0.0.1:8765/ws", help="the coordinator's volunteer address")
+    p.add_argument("--pool-name", default="Butterfly pool")
+    p.add_argument("--ttl", default="24h", help="how long the invite is valid (default 24h)")
+    p.add_argument("--uses", type=int, default=None, help="how many volunteers may use it (default unlimited)")
+
+    p = sub.add_parser("volunteer", help="lend this machine to a pool")
+    p.add_argument("--invite", help="the invite token or butterfly:// link from the host")
+    p.add_argument("--url", help="the coordinator's ws:// address (taken from the invite if omitted)")
+    p.add_argument("--data-dir", type=Path, help="where this install's key lives (default: the platform data dir)")
+    p.add_argument("--name", default="", help="the name the pool shows for this machine")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for compute (default: all)")
+    p.add_argument("--memory-gb", type=float, default=None, help="memory cap in GiB (default: half of free RAM)")
+    p.add_argument("--slowdown", type=float, default=1.0, help="debug: multiply compute time by this factor")
+
+    p = sub.add_parser("generate", help="stream an answer from a pool")
+    p.add_argument("prompt", help="the prompt (a user message unless --raw)")
+    p.add_argument("--url", default="http://127.0.0.1:8765", help="the coordinator's http address")
+    p.add_argument("--raw", action="store_true", help="send the prompt as-is, without the chat template")
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--stop", action="append", default=[])
+    p.add_argument("--api-key", default=os.environ.get("BUTTERFLY_API_KEY"))
+
+    p = sub.add_parser("demo", help="a coordinator and three volunteers on this machine, answering one prompt")
+    p.add_argument("--prompt", default="What is volunteer computing? Answer in three sentences.")
+    p.add_argument("--volunteers", type=int, default=3)
+    p.add_argument("--max-tokens", type=int, default=96)
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--keep", action="store_true", help="leave the pool running and print its address")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if args.command == "coordinator":
+            from cli.commands import run_coordinator
+
+            return run_coordinator(args)
+        if args.command == "invite":
+            from cli.commands import run_invite
+
+            return run_invite(args)
+        if args.command == "volunteer":
+            from cli.commands import run_volunteer
+
+            return run_volunteer(args)
+        if args.command == "generate":
+            from cli.commands import run_generate
+
+            return run_generate(args)
+        if args.command == "demo":
+            from cli.demo import run_demo
+
+            return run_demo(args)
+    except ButterflyError as exc:
+        print(f"butterfly: error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError) else 1
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Butterfly: pool volunteers ' computers to run large language models."""

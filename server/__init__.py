@@ -1,0 +1,1 @@
+"""The coordinator: admission, registry, planner, pipeline router."""

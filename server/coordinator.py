@@ -1,0 +1,250 @@
+"""The coordinator process: one aiohttp server for volunteers (``/ws``) and clients.
+
+Routes:
+- ``GET /ws`` — volunteers dial out to this websocket; binary frames only.
+- ``POST /api/generate`` — stream an answer as newline-delimited JSON (used by
+  ``butterfly generate``); body ``{"prompt": str} | {"messages": [...]}`` plus sampling fields.
+- ``GET /api/status`` — the pool as JSON; ``GET /healthz`` — liveness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from core.errors import ButterflyError, ConfigError, ProtocolViolation
+from core.identity import Identity, create_invite
+from core.protocol.frames import Limits
+from core.protocol.session import ProtocolConnection, Role
+from core.store.store import StoredModel
+from core.transport import Channel, ChannelClosed
+from server.admission import admit
+from server.config import CoordinatorConfig
+from server.generation import generate
+from server.links import VolunteerLink
+from server.pool import Pool
+from server.registry import PoolRegistry
+from server.sampling import SamplingParams
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1 * 2**20
+WS_LIMITS = Limits()
+
+
+@dataclass(frozen=True, slots=True)
+class RunningCoordinator:
+    """Handles of a started coordinator."""
+
+    url: str
+    ws_url: str
+    runner: web.AppRunner
+
+
+class Coordinator:
+    """Ties the pool key, the registry, the model and the pool to the HTTP server."""
+
+    def __init__(self, config: CoordinatorConfig, model: StoredModel, *, identity: Identity | None = None) -> None:
+        self.config = config
+        self.model = model
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.identity = identity or Identity.load_or_create(config.data_dir / "pool_key.pem")
+        self.registry = PoolRegistry()
+        self.pool = Pool(config, model)
+        self.tokenizer = model.tokenizer()
+        self.url = ""
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def pool_id(self) -> str:
+        return self.identity.fingerprint
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app.router.add_get("/ws", self._ws_handler)
+        app.router.add_post("/api/generate", self._generate_handler)
+        app.router.add_get("/api/status", self._status_handler)
+        app.router.add_get("/healthz", self._health_handler)
+        return app
+
+    async def start(self) -> RunningCoordinator:
+        """Bind the server and start planning and heartbeats; returns the URLs."""
+        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.host, self.config.port)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = self.config.public_url or f"http://{self.config.host}:{port}"
+        self.pool.start()
+        self._tasks.append(asyncio.create_task(self._heartbeat_loop(), name="heartbeats"))
+        return RunningCoordinator(self.url, self.ws_url, self._runner)
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http://", "ws://").replace("https://", "wss://") + "/ws"
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await self.pool.stop()
+        for link in list(self.pool.links.values()):
+            await link.channel.bye("coordinator shutting down")
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def invite(self, *, ttl_s: float = 24 * 3600, max_uses: int | None = None) -> str:
+        """A signed invite to this pool, pointing volunteers at its websocket."""
+        return create_invite(
+            self.identity,
+            pool_name=self.config.pool_name,
+            addresses=[self.ws_url],
+            ttl_s=ttl_s,
+            max_uses=max_uses,
+            now=time.time(),
+        )
+
+    # --- volunteers ------------------------------------------------------------------
+
+    async def _ws_handler(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(
+            max_msg_size=WS_LIMITS.max_frame_bytes, compress=False, autoping=True, heartbeat=None
+        )
+        await ws.prepare(request)
+        channel = Channel(ws, ProtocolConnection(Role.COORDINATOR, limits=WS_LIMITS))
+        peer = request.remote or "?"
+        try:
+            admitted = await admit(
+                channel,
+                identity=self.identity,
+                registry=self.registry,
+                pool_name=self.config.pool_name,
+                heartbeat_interval_s=self.config.heartbeat_interval_s,
+                timeout_s=self.config.handshake_timeout_s,
+            )
+        except (ButterflyError, TimeoutError) as exc:
+            err = exc if isinstance(exc, ButterflyError) else ProtocolViolation("handshake timed out")
+            log.warning("refused a volunteer from %s: %s", peer, err)
+            self.pool.events.add("refused", f"refused a volunteer from {peer}: {err.message}")
+            if not isinstance(err, ChannelClosed):
+                await channel.fail(err)
+            return ws
+        hello = admitted.hello
+        link = VolunteerLink(
+            channel,
+            node_id=admitted.node_id,
+            name=hello.name or admitted.node_id[:12],
+            os_name=hello.os,
+            profile=_with_node_id(hello.profile, admitted.node_id),
+            model=self.model,
+            step_timeout_s=self.config.step_timeout_s,
+            on_event=self.pool.on_link_event,
+        )
+        log.info("volunteer %s joined from %s", link.name, peer)
+        self.pool.add(link)
+        await link.serve()
+        return ws
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat_interval_s)
+            now = time.monotonic()
+            for link in list(self.pool.links.values()):
+                if now - link.last_seen > self.config.heartbeat_timeout_s:
+                    link.close_reason = f"silent for {now - link.last_seen:.1f} s"
+                    await link.channel.close(4002, "heartbeat timeout")
+                    continue
+                try:
+                    await link.heartbeat()
+                except Exception:  # noqa: BLE001 - a dying link is handled by its reader
+                    pass
+
+    # --- clients ---------------------------------------------------------------------
+
+    def _check_key(self, request: web.Request) -> None:
+        if self.config.api_key is None:
+            return
+        if request.headers.get("Authorization", "") != f"Bearer {self.config.api_key}":
+            raise web.HTTPUnauthorized(
+                text=json.dumps({"error": "missing or wrong API key"}), content_type="application/json"
+            )
+
+    async def _generate_handler(self, request: web.Request) -> web.StreamResponse:
+        self._check_key(request)
+        try:
+            body = await request.json()
+            if not isinstance(body, dict):
+                raise ConfigError("the request body must be a JSON object")
+            prompt_ids, params = self._parse_generate(body)
+        except (ValueError, ButterflyError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        try:
+            async for event in generate(self.pool, self.tokenizer, prompt_ids, params):
+                line: dict[str, Any] = {"token": event.token_id, "text": event.text}
+                if event.finish_reason:
+                    line["finish_reason"] = event.finish_reason
+                if event.usage:
+                    line["usage"] = {
+                        "prompt_tokens": event.usage.prompt_tokens,
+                        "completion_tokens": event.usage.completion_tokens,
+                        "time_to_first_token_s": round(event.usage.time_to_first_token_s, 4),
+                        "decode_tokens_per_s": round(event.usage.decode_tokens_per_s, 2),
+                        "total_s": round(event.usage.total_s, 4),
+                    }
+                await response.write((json.dumps(line) + "\n").encode())
+        except ButterflyError as exc:
+            await response.write((json.dumps({"error": str(exc)}) + "\n").encode())
+        await response.write_eof()
+        return response
+
+    def _parse_generate(self, body: dict[str, Any]) -> tuple[list[int], SamplingParams]:
+        if "messages" in body:
+            messages = body["messages"]
+            if not isinstance(messages, list) or not all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in messages
+            ):
+                raise ConfigError("messages must be a list of {role, content} objects")
+            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        elif isinstance(body.get("prompt"), str):
+            text = body["prompt"]
+        else:
+            raise ConfigError("send either 'prompt' (a string) or 'messages'")
+        stop = body.get("stop") or ()
+        if isinstance(stop, str):
+            stop = (stop,)
+        params = SamplingParams(
+            max_tokens=int(body.get("max_tokens", 128)),
+            temperature=float(body.get("temperature", 0.0)),
+            top_k=int(body.get("top_k", 0)),
+            top_p=float(body.get("top_p", 1.0)),
+            seed=None if body.get("seed") is None else int(body["seed"]),
+            stop=tuple(str(s) for s in stop),
+            ignore_eos=bool(body.get("ignore_eos", False)),
+        )
+        return self.tokenizer.encode(text), params
+
+    async def _status_handler(self, request: web.Request) -> web.Response:
+        snap = self.pool.snapshot()
+        snap["pool"] = {"id": self.pool_id, "name": self.config.pool_name, "url": self.url}
+        return web.json_response(snap)
+
+    async def _health_handler(self, request: web.Request) -> web.Response:
+        ready = bool(self.pool.pipelines)
+        return web.json_response({"ok": True, "ready": ready}, status=200)
+
+
+def _with_node_id(profile: Any, node_id: str) -> Any:
+    from dataclasses import replace
+
+    return replace(profile, node_id=node_id)

@@ -1,0 +1,227 @@
+"""One connected volunteer, as the coordinator sees it.
+
+A :class:`VolunteerLink` owns the volunteer's websocket channel after authentication:
+it sends assignments and forward steps, answers weight fetches from the model store,
+resolves pending steps when results arrive, and measures the link's round-trip time
+with heartbeats. When the socket closes, every pending step fails with
+:class:`StageFailed` so no caller waits forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+from core.errors import ButterflyError, ProtocolViolation, StageFailed
+from core.protocol.messages import (
+    Assign,
+    Bye,
+    Drain,
+    EndSession,
+    Error,
+    FetchTensor,
+    Forward,
+    Heartbeat,
+    HeartbeatAck,
+    LoadProgress,
+    Ready,
+    Result,
+    SetSlowdown,
+    TensorChunk,
+)
+from core.transport import Channel, ChannelClosed
+from core.types import HardwareProfile, LayerRange, NodeId
+
+if TYPE_CHECKING:
+    from core.store.store import StoredModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class LoadState:
+    """Progress of one assignment on one volunteer."""
+
+    assignment_id: str
+    layers: LayerRange
+    total_bytes: int
+    done_bytes: int = 0
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    load_seconds: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    """A stage's answer to one forward step."""
+
+    y: torch.Tensor
+    compute_s: float
+    round_trip_s: float
+
+
+class VolunteerLink:
+    """The coordinator's handle on one authenticated volunteer."""
+
+    def __init__(
+        self,
+        channel: Channel,
+        *,
+        node_id: NodeId,
+        name: str,
+        os_name: str,
+        profile: HardwareProfile,
+        model: StoredModel,
+        step_timeout_s: float,
+        on_event: Callable[[VolunteerLink, object], None],
+    ) -> None:
+        self.channel = channel
+        self.node_id = node_id
+        self.name = name
+        self.os_name = os_name
+        self.profile = profile
+        self.model = model
+        self.step_timeout_s = step_timeout_s
+        self._on_event = on_event
+        self._pending: dict[int, tuple[asyncio.Future[StepResult], float]] = {}
+        self._step_ids = itertools.count(1)
+        self._hb_seq = itertools.count(1)
+        self.loads: dict[str, LoadState] = {}
+        self.rtt_s: float | None = None
+        self.last_seen = time.monotonic()
+        self.joined_at = time.time()
+        self.draining = False
+        self.closed = asyncio.Event()
+        self.close_reason = ""
+        self.steps_served = 0
+        self.compute_s_total = 0.0
+
+    # --- outgoing -------------------------------------------------------------------
+
+    async def assign(self, msg: Assign) -> LoadState:
+        """Send an assignment; the returned state's ``ready`` is set when the shard is loaded."""
+        state = LoadState(msg.assignment_id, msg.layers, sum(t.nbytes for t in msg.tensors))
+        self.loads[msg.assignment_id] = state
+        await self.channel.send(msg)
+        return state
+
+    async def forward(self, *, session_id: str, assignment_id: str, start_pos: int, x: torch.Tensor) -> StepResult:
+        """Run one step on this volunteer's stage and wait for its output."""
+        if self.closed.is_set():
+            raise StageFailed(f"volunteer {self.name} is gone: {self.close_reason}")
+        step_id = next(self._step_ids)
+        fut: asyncio.Future[StepResult] = asyncio.get_running_loop().create_future()
+        sent_at = time.perf_counter()
+        self._pending[step_id] = (fut, sent_at)
+        try:
+            await self.channel.send(
+                Forward(step_id=step_id, session_id=session_id, assignment_id=assignment_id, start_pos=start_pos, x=x)
+            )
+            return await asyncio.wait_for(fut, self.step_timeout_s)
+        except TimeoutError:
+            raise StageFailed(
+                f"volunteer {self.name} took longer than {self.step_timeout_s:.0f} s for one step"
+            ) from None
+        except (ChannelClosed, ConnectionError) as exc:
+            raise StageFailed(f"volunteer {self.name} disconnected: {exc}") from exc
+        finally:
+            self._pending.pop(step_id, None)
+
+    async def end_session(self, session_id: str) -> None:
+        """Tell the volunteer it may free the session's KV cache (best effort)."""
+        if not self.closed.is_set():
+            try:
+                await self.channel.send(EndSession(session_id=session_id))
+            except Exception:  # noqa: BLE001 - a closed link has nothing to free
+                pass
+
+    async def set_slowdown(self, factor: float) -> None:
+        await self.channel.send(SetSlowdown(factor=factor))
+
+    async def heartbeat(self) -> None:
+        await self.channel.send(Heartbeat(seq=next(self._hb_seq), sent_at=time.monotonic()))
+
+    # --- incoming -------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        """Read messages until the volunteer leaves; then fail whatever is pending."""
+        try:
+            while True:
+                msg = await self.channel.recv()
+                self.last_seen = time.monotonic()
+                await self._dispatch(msg)
+        except ChannelClosed as exc:
+            self.close_reason = str(exc)
+        except ProtocolViolation as exc:
+            self.close_reason = f"protocol violation: {exc}"
+            log.warning("volunteer %s: %s", self.name, exc)
+        except ButterflyError as exc:
+            self.close_reason = str(exc)
+            await self.channel.fail(exc)
+        finally:
+            self._shutdown()
+
+    async def _dispatch(self, msg: object) -> None:
+        if isinstance(msg, Result):
+            entry = self._pending.get(msg.step_id)
+            if entry is None:
+                return  # a step we gave up on (timeout) answered late: drop it
+            fut, sent_at = entry
+            if not fut.done():
+                self.steps_served += 1
+                self.compute_s_total += msg.compute_s
+                fut.set_result(StepResult(msg.y, msg.compute_s, time.perf_counter() - sent_at))
+        elif isinstance(msg, FetchTensor):
+            await self._serve_fetch(msg)
+        elif isinstance(msg, LoadProgress):
+            state = self.loads.get(msg.assignment_id)
+            if state is not None:
+                state.done_bytes = msg.done_bytes
+            self._on_event(self, msg)
+        elif isinstance(msg, Ready):
+            state = self.loads.get(msg.assignment_id)
+            if state is not None:
+                state.done_bytes = state.total_bytes
+                state.load_seconds = msg.load_seconds
+                state.ready.set()
+            self._on_event(self, msg)
+        elif isinstance(msg, HeartbeatAck):
+            self.rtt_s = max(0.0, time.monotonic() - msg.sent_at)
+        elif isinstance(msg, Heartbeat):
+            await self.channel.send(HeartbeatAck(seq=msg.seq, sent_at=msg.sent_at))
+        elif isinstance(msg, Drain):
+            self.draining = True
+            self._on_event(self, msg)
+        elif isinstance(msg, Error):
+            log.warning("volunteer %s reported: %s", self.name, msg.message)
+            self._on_event(self, msg)
+        elif isinstance(msg, Bye):
+            raise ChannelClosed(f"volunteer said goodbye: {msg.reason}", code=1000)
+
+    async def _serve_fetch(self, msg: FetchTensor) -> None:
+        state = self.loads.get(msg.assignment_id)
+        entry = self.model.manifest.tensors.get(msg.name)
+        if state is None or entry is None:
+            raise ProtocolViolation(f"fetch of {msg.name!r} outside assignment {msg.assignment_id!r}")
+        end = msg.offset + msg.length
+        if msg.length <= 0 or end > entry.nbytes:
+            raise ProtocolViolation(f"fetch of bytes [{msg.offset}, {end}) outside tensor {msg.name} ({entry.nbytes} bytes)")
+        view = self.model.tensor_bytes(msg.name)[msg.offset : end]
+        data = torch.frombuffer(bytearray(view), dtype=torch.uint8)
+        await self.channel.send(
+            TensorChunk(assignment_id=msg.assignment_id, name=msg.name, offset=msg.offset, total=entry.nbytes, data=data)
+        )
+
+    def _shutdown(self) -> None:
+        self.closed.set()
+        for fut, _ in list(self._pending.values()):
+            if not fut.done():
+                fut.set_exception(StageFailed(f"volunteer {self.name} disconnected: {self.close_reason}"))
+        self._pending.clear()
+        self._on_event(self, "closed")
