@@ -48,6 +48,7 @@ from core.protocol.messages import (
     Result,
     SetSlowdown,
     TensorChunk,
+    Unassign,
 )
 from core.protocol.session import ProtocolConnection, Role
 from core.transport import Channel, ChannelClosed
@@ -106,7 +107,7 @@ class Volunteer:
         self.steps = 0
         self._on_status = on_status or (lambda s: None)
         self._channel: Channel | None = None
-        self._queue: asyncio.Queue[Forward | EndSession | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[Forward | EndSession | Unassign | None] = asyncio.Queue()
         self._chunks: dict[tuple[str, str, int], asyncio.Future[TensorChunk]] = {}
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="shard")
         self._draining = False
@@ -253,6 +254,8 @@ class Volunteer:
                     task = asyncio.create_task(self._load(channel, msg), name=f"load-{msg.assignment_id}")
                     loads.add(task)
                     task.add_done_callback(loads.discard)
+                elif isinstance(msg, Unassign):
+                    self._queue.put_nowait(msg)
                 elif isinstance(msg, SetSlowdown):
                     self.slowdown = msg.factor
                 elif isinstance(msg, Drain):
@@ -279,7 +282,7 @@ class Volunteer:
             self._on_status(f"serving layers {assign.layers}")
         except ButterflyError as exc:
             log.error("could not load assignment %s: %s", assign.assignment_id, exc)
-            await channel.send(Error(code=type(exc).__name__, message=str(exc)[:4000], hint=exc.hint))
+            await channel.fail(exc)
         except (ChannelClosed, ConnectionError, asyncio.CancelledError):
             pass
 
@@ -352,10 +355,13 @@ class Volunteer:
                 for loaded in self.shards.values():
                     loaded.caches.pop(msg.session_id, None)
                 continue
+            if isinstance(msg, Unassign):
+                self.shards.pop(msg.assignment_id, None)
+                continue
             try:
                 y, compute_s = await loop.run_in_executor(self._executor, self._step, msg)
             except ButterflyError as exc:
-                await channel.send(Error(code=type(exc).__name__, message=str(exc)[:4000], hint=exc.hint))
+                await channel.send(Error.from_exception(exc, step_id=msg.step_id))
                 continue
             if self.slowdown > 1.0:
                 await asyncio.sleep(compute_s * (self.slowdown - 1.0))
@@ -384,4 +390,9 @@ class Volunteer:
                 f"session {msg.session_id} step starts at {msg.start_pos} but only {cache.length} tokens are cached"
             )
         y = loaded.shard(msg.x, cache)
+        if not bool(torch.isfinite(y).all()):
+            cache.truncate(msg.start_pos)
+            raise ShardLoadFailed(
+                "this shard produced non-finite values", hint="the weights or the input are corrupt"
+            )
         return y, time.perf_counter() - started

@@ -14,8 +14,8 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from core.errors import ButterflyError, ProtocolViolation
-from core.protocol.messages import Bye, Error, Message
+from core.errors import ButterflyError, FrameTooLarge, ProtocolViolation
+from core.protocol.messages import Bye, Message
 from core.protocol.session import ProtocolConnection, State
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,10 @@ class Channel:
         self.conn = conn
         self._inbox: list[Message] = []
         self._send_lock = asyncio.Lock()
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.frames_sent = 0
+        self.frames_received = 0
 
     @property
     def state(self) -> State:
@@ -60,12 +64,16 @@ class Channel:
         async with self._send_lock:
             self.conn.send(msg)
             for data in self.conn.data_to_send():
+                self.bytes_sent += len(data)
+                self.frames_sent += 1
                 await self.ws.send_bytes(data)
 
     async def recv(self, timeout: float | None = None) -> Message:
         while not self._inbox:
             raw = await self.ws.receive(timeout=timeout)
             if raw.type == aiohttp.WSMsgType.BINARY:
+                self.bytes_received += len(raw.data)
+                self.frames_received += 1
                 try:
                     self.conn.receive(raw.data)
                 except ProtocolViolation as exc:
@@ -81,6 +89,10 @@ class Channel:
                 reason = raw.extra if isinstance(raw.extra, str) else ""
                 raise ChannelClosed(f"connection closed by peer ({code}{': ' + reason if reason else ''})", code=code)
             elif raw.type == aiohttp.WSMsgType.ERROR:
+                if isinstance(raw.data, aiohttp.WebSocketError) and raw.data.code == 1009:
+                    exc = FrameTooLarge(f"refused a websocket message: {raw.data}", hint="the peer sent a frame beyond the limit")
+                    await self.close(1009, "message too big")
+                    raise exc
                 raise ChannelClosed(f"connection broke: {raw.data!r}")
             else:
                 exc = ProtocolViolation("text websocket messages are not part of the protocol")
@@ -90,11 +102,9 @@ class Channel:
 
     async def fail(self, exc: ButterflyError) -> None:
         """Tell the peer what went wrong (an Error message) and close with the error's code."""
-        try:
-            await self.send(Error(code=type(exc).__name__, message=exc.message[:4000], hint=(exc.hint or "")[:1000] or None))
-        except Exception:  # noqa: BLE001 - the peer may already be gone; closing is what matters
-            pass
-        await self.close(exc.close_code, str(exc))
+        async with self._send_lock:
+            self.conn.fail(exc)
+            await self._flush_and_close(self.conn.close_code or exc.close_code, exc.message)
 
     async def bye(self, reason: str) -> None:
         """Say goodbye politely and close normally."""

@@ -35,6 +35,7 @@ from core.protocol.messages import (
     Result,
     SetSlowdown,
     TensorChunk,
+    Unassign,
 )
 from core.transport import Channel, ChannelClosed
 from core.types import HardwareProfile, LayerRange, NodeId
@@ -141,6 +142,15 @@ class VolunteerLink:
             except Exception:  # noqa: BLE001 - a closed link has nothing to free
                 pass
 
+    async def unassign(self, assignment_id: str) -> None:
+        """Tell the volunteer to drop an assignment it no longer serves (best effort)."""
+        self.loads.pop(assignment_id, None)
+        if not self.closed.is_set():
+            try:
+                await self.channel.send(Unassign(assignment_id=assignment_id))
+            except Exception:  # noqa: BLE001
+                pass
+
     async def set_slowdown(self, factor: float) -> None:
         await self.channel.send(SetSlowdown(factor=factor))
 
@@ -199,8 +209,15 @@ class VolunteerLink:
             self.draining = True
             self._on_event(self, msg)
         elif isinstance(msg, Error):
+            entry = self._pending.get(msg.step_id) if msg.step_id is not None else None
+            if entry is not None:
+                if not entry[0].done():
+                    entry[0].set_exception(StageFailed(f"volunteer {self.name} failed a step: {msg.message}", hint=msg.hint))
+                return
             log.warning("volunteer %s reported: %s", self.name, msg.message)
             self._on_event(self, msg)
+            if msg.step_id is None:
+                raise ChannelClosed(f"volunteer reported a fatal error: {msg.message}", code=1011)
         elif isinstance(msg, Bye):
             raise ChannelClosed(f"volunteer said goodbye: {msg.reason}", code=1000)
 

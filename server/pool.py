@@ -23,7 +23,7 @@ from core.types import NodeId, Plan
 from core.model.weights import shard_tensor_names
 from server.links import VolunteerLink
 from server.planner import plan as make_plan
-from server.planner import route
+from server.routing import route
 
 if TYPE_CHECKING:
     from core.store.store import StoredModel

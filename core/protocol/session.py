@@ -1,0 +1,340 @@
+"""The connection state machine, sans I/O: bytes in, messages out, and back.
+
+The websocket loops feed each received binary message to :meth:`ProtocolConnection.receive`,
+take the decoded messages from :meth:`~ProtocolConnection.events`, hand outgoing
+messages to :meth:`~ProtocolConnection.send` and put what
+:meth:`~ProtocolConnection.data_to_send` returns on the wire. Nothing here touches a
+socket, a clock or an event loop.
+
+The machine checks *direction* (who may send what), *order* (handshake first:
+Hello -> Challenge -> Auth -> Accepted; then Assign -> FetchTensor/TensorChunk ->
+LoadProgress -> Ready -> Forward/Result) and *references* (a chunk answers a fetch
+that was asked, a Forward names a ready assignment, a Result answers a Forward that is
+outstanding). Whether an invite or a signature is valid is not its business: the
+coordinator checks those with :mod:`core.identity` and calls :meth:`fail` to refuse.
+
+Both sides may have messages in flight at once, so the receiving side tolerates what
+the peer could legitimately have sent before seeing our last message: messages about an
+assignment we already dropped, and an Assign arriving after our own Drain. Anything
+received after the connection closed is discarded, as websockets do.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from core.errors import ButterflyError, ProtocolViolation, VersionMismatch
+from core.protocol.frames import PROTOCOL_VERSION, Limits
+from core.protocol.messages import (
+    Accepted,
+    Assign,
+    Auth,
+    Bye,
+    Challenge,
+    Drain,
+    EndSession,
+    Error,
+    FetchTensor,
+    Forward,
+    Heartbeat,
+    HeartbeatAck,
+    Hello,
+    LoadProgress,
+    Message,
+    Ready,
+    Result,
+    SetSlowdown,
+    TensorChunk,
+    Unassign,
+    decode_message,
+)
+
+MAX_ASSIGNMENTS: int = 1024
+"""Assignments one connection may ever receive (re-plans included)."""
+MAX_PENDING_FETCHES: int = 256
+"""Tensor fetches a volunteer may have unanswered at once."""
+MAX_OUTSTANDING_STEPS: int = 4096
+"""Forward steps the coordinator may have unanswered on one connection."""
+MAX_CLOSE_REASON_BYTES: int = 123
+"""RFC 6455 limits a close frame's reason to 123 bytes of UTF-8."""
+
+CLOSE_NORMAL: int = 1000
+
+
+class Role(Enum):
+    """Which end of the connection this machine is."""
+
+    COORDINATOR = "coordinator"
+    VOLUNTEER = "volunteer"
+
+    @property
+    def peer(self) -> Role:
+        """The role at the other end."""
+        return Role.VOLUNTEER if self is Role.COORDINATOR else Role.COORDINATOR
+
+
+class State(Enum):
+    """Where the conversation stands; both ends move through the same states.
+
+    The handshake states name the message that is due next, whichever side owes it.
+    After ``AUTHENTICATED``: ``ASSIGNED`` while some assignment is loading and none is
+    ready, ``SERVING`` once one is ready, ``DRAINING`` after either side sent Drain.
+    """
+
+    AWAIT_HELLO = "await_hello"
+    AWAIT_CHALLENGE = "await_challenge"
+    AWAIT_AUTH = "await_auth"
+    AWAIT_ACCEPT = "await_accept"
+    AUTHENTICATED = "authenticated"
+    ASSIGNED = "assigned"
+    SERVING = "serving"
+    DRAINING = "draining"
+    CLOSED = "closed"
+
+
+_C, _V = Role.COORDINATOR, Role.VOLUNTEER
+
+_SENDER: dict[type[Message], Role | None] = {
+    Hello: _V, Challenge: _C, Auth: _V, Accepted: _C,
+    Assign: _C, Unassign: _C, FetchTensor: _V, TensorChunk: _C, LoadProgress: _V, Ready: _V,
+    Forward: _C, Result: _V, EndSession: _C, SetSlowdown: _C,
+    Heartbeat: None, HeartbeatAck: None, Drain: None, Error: None, Bye: None,
+}
+"""Who may send each message (None: either side)."""
+
+_HANDSHAKE: dict[type[Message], tuple[State, State]] = {
+    Hello: (State.AWAIT_HELLO, State.AWAIT_CHALLENGE),
+    Challenge: (State.AWAIT_CHALLENGE, State.AWAIT_AUTH),
+    Auth: (State.AWAIT_AUTH, State.AWAIT_ACCEPT),
+    Accepted: (State.AWAIT_ACCEPT, State.AUTHENTICATED),
+}
+"""Handshake messages: the state each is legal in and the state it leads to."""
+
+_AFTER_AUTH = frozenset({State.AUTHENTICATED, State.ASSIGNED, State.SERVING, State.DRAINING})
+
+
+class ProtocolConnection:
+    """One end of a coordinator <-> volunteer connection, as a pure state machine.
+
+    ``state`` is where the conversation stands; ``close_code``/``close_reason`` are set
+    once it is over (the websocket close code and reason to use). ``hello`` and
+    ``challenge`` keep the handshake messages seen, for the signature checks.
+    """
+
+    def __init__(self, role: Role, *, limits: Limits = Limits()) -> None:
+        self.role = role
+        self.limits = limits
+        self.state = State.AWAIT_HELLO
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
+        self.hello: Hello | None = None
+        self.challenge: Challenge | None = None
+        self._events: list[Message] = []
+        self._outgoing: list[bytes] = []
+        self._assigned: set[str] = set()  # every assignment id ever given on this connection
+        self._active: set[str] = set()  # assigned and not dropped
+        self._ready: set[str] = set()  # active and loaded
+        self._fetches: dict[tuple[str, str, int], int] = {}  # (assignment, tensor, offset) -> length asked
+        self._steps: dict[int, str] = {}  # outstanding Forward step -> its session
+        self._coordinator_drained = False
+        self._volunteer_drained = False
+
+    # --- the four calls of the I/O layer ---------------------------------------------
+
+    def receive(self, data: bytes | bytearray | memoryview) -> None:
+        """Take one received frame; its message becomes available from :meth:`events`.
+
+        On any violation (bad bytes, illegal message for this state or direction) the
+        connection closes: ``state`` becomes CLOSED, ``close_code``/``close_reason`` are
+        set, an Error for the peer is queued, and the :class:`ProtocolViolation` is raised.
+        After the connection closed, received data is discarded.
+        """
+        if self.state is State.CLOSED:
+            return
+        try:
+            msg = decode_message(data, self.limits)
+            self._apply(msg, sender=self.role.peer)
+        except ProtocolViolation as exc:
+            self.fail(exc)
+            raise
+        self._events.append(msg)
+
+    def events(self) -> list[Message]:
+        """The messages received since the last call, oldest first."""
+        events, self._events = self._events, []
+        return events
+
+    def send(self, msg: Message) -> None:
+        """Queue ``msg`` for the peer; raise :class:`ProtocolViolation` (state unchanged) if illegal now.
+
+        Sending Bye, or an Error without ``step_id``, closes the connection after it.
+        """
+        if self.state is State.CLOSED:
+            raise ProtocolViolation(f"cannot send {msg.KIND}: the connection is closed ({self.close_reason})")
+        data = msg.to_frame()
+        self._apply(msg, sender=self.role)
+        self._outgoing.append(data)
+
+    def data_to_send(self) -> list[bytes]:
+        """The frames queued since the last call, each to go out as one binary websocket message."""
+        data, self._outgoing = self._outgoing, []
+        return data
+
+    def fail(self, exc: ButterflyError) -> None:
+        """End the connection because of ``exc``: queue an Error telling the peer why, and close.
+
+        Does nothing if the connection is already closed.
+        """
+        if self.state is State.CLOSED:
+            return
+        try:
+            self._outgoing.append(Error.from_exception(exc).to_frame())
+        except ProtocolViolation:  # an error text we cannot encode: send its class only
+            self._outgoing.append(Error(type(exc).__name__[:64], "").to_frame())
+        self._close(exc.close_code, exc.message)
+
+    # --- the rules --------------------------------------------------------------------
+
+    def _apply(self, msg: Message, *, sender: Role) -> None:
+        """Check ``msg`` from ``sender`` against the state; update the state if legal."""
+        kind = msg.KIND
+        allowed_sender = _SENDER[type(msg)]
+        if allowed_sender is not None and allowed_sender is not sender:
+            self._illegal(f"a {sender.value} never sends {kind}; only the {allowed_sender.value} does")
+        if isinstance(msg, Bye):
+            self._close(CLOSE_NORMAL, f"{sender.value} said goodbye: {msg.reason}")
+            return
+        if isinstance(msg, Error) and msg.step_id is None:
+            self._close(msg.to_exception().close_code, f"{sender.value} reported {msg.code}: {msg.message}")
+            return
+        step = _HANDSHAKE.get(type(msg))
+        if step is not None:
+            self._handshake(msg, *step)
+            return
+        if self.state not in _AFTER_AUTH:
+            self._illegal(f"{kind} before the handshake finished (state {self.state.name})")
+        self._after_auth(msg, sender=sender)
+        self._settle()
+
+    def _handshake(self, msg: Message, legal_in: State, leads_to: State) -> None:
+        if self.state is not legal_in:
+            self._illegal(f"{msg.KIND} is only legal in state {legal_in.name}, not {self.state.name}")
+        if isinstance(msg, Hello):
+            if msg.protocol_version != PROTOCOL_VERSION:
+                raise VersionMismatch(
+                    f"volunteer speaks protocol {msg.protocol_version}, this side speaks {PROTOCOL_VERSION}",
+                    hint="update Butterfly so both sides run the same protocol version",
+                )
+            self.hello = msg
+        elif isinstance(msg, Challenge):
+            self.challenge = msg
+        self.state = leads_to
+
+    def _after_auth(self, msg: Message, *, sender: Role) -> None:
+        # ``lenient``: we are the coordinator reading the volunteer, who may not yet have
+        # seen an Unassign of ours; it may still speak of assignments we dropped.
+        lenient = sender is not self.role and self.role is Role.COORDINATOR
+        kind = msg.KIND
+        if isinstance(msg, Assign):
+            if msg.assignment_id in self._assigned:
+                self._illegal(f"assign reuses assignment id {msg.assignment_id!r}")
+            if self._coordinator_drained or (self._volunteer_drained and self.role is Role.COORDINATOR):
+                self._illegal("assign after drain: a draining connection takes no new work")
+            if len(self._assigned) >= MAX_ASSIGNMENTS:
+                self._illegal(f"more than {MAX_ASSIGNMENTS} assignments on one connection")
+            self._assigned.add(msg.assignment_id)
+            self._active.add(msg.assignment_id)
+        elif isinstance(msg, Unassign):
+            self._require_assignment(kind, msg.assignment_id, lenient=False)
+            self._active.discard(msg.assignment_id)
+            self._ready.discard(msg.assignment_id)
+        elif isinstance(msg, FetchTensor):
+            self._require_assignment(kind, msg.assignment_id, lenient=lenient)
+            key = (msg.assignment_id, msg.name, msg.offset)
+            if key in self._fetches:
+                self._illegal(f"fetch_tensor repeats an unanswered fetch of {msg.name!r} at offset {msg.offset}")
+            if len(self._fetches) >= MAX_PENDING_FETCHES:
+                self._illegal(f"more than {MAX_PENDING_FETCHES} unanswered fetch_tensor requests")
+            self._fetches[key] = msg.length
+        elif isinstance(msg, TensorChunk):
+            key = (msg.assignment_id, msg.name, msg.offset)
+            asked = self._fetches.get(key)
+            if asked is None:
+                self._illegal(f"tensor_chunk of {msg.name!r} at offset {msg.offset} answers no fetch_tensor")
+            if msg.data.numel() > asked:
+                self._illegal(f"tensor_chunk carries {msg.data.numel()} bytes of {msg.name!r}, "
+                              f"only {asked} were asked for")
+            del self._fetches[key]
+        elif isinstance(msg, LoadProgress):
+            self._require_assignment(kind, msg.assignment_id, lenient=lenient)
+        elif isinstance(msg, Ready):
+            self._require_assignment(kind, msg.assignment_id, lenient=lenient)
+            if msg.assignment_id in self._ready:
+                self._illegal(f"ready repeated for assignment {msg.assignment_id!r}")
+            if msg.assignment_id in self._active:
+                self._ready.add(msg.assignment_id)
+        elif isinstance(msg, Forward):
+            if msg.assignment_id not in self._ready:
+                self._illegal(f"forward names assignment {msg.assignment_id!r}, which is not ready")
+            if msg.step_id in self._steps:
+                self._illegal(f"forward reuses step id {msg.step_id}, which is still outstanding")
+            if len(self._steps) >= MAX_OUTSTANDING_STEPS:
+                self._illegal(f"more than {MAX_OUTSTANDING_STEPS} outstanding forward steps")
+            self._steps[msg.step_id] = msg.session_id
+        elif isinstance(msg, Result):
+            self._answer_step(kind, msg.step_id, msg.session_id)
+        elif isinstance(msg, Error):  # answers one step; fatal errors were handled before
+            if sender is not Role.VOLUNTEER:
+                self._illegal("an error answering a step comes only from the volunteer")
+            self._answer_step(kind, msg.step_id, None)
+        elif isinstance(msg, Drain):
+            if sender is Role.COORDINATOR:
+                self._coordinator_drained = True
+            else:
+                self._volunteer_drained = True
+        else:  # EndSession, Heartbeat, HeartbeatAck, SetSlowdown: legal any time after auth
+            assert isinstance(msg, (EndSession, Heartbeat, HeartbeatAck, SetSlowdown)), kind
+
+    def _require_assignment(self, kind: str, assignment_id: str, *, lenient: bool) -> None:
+        known = self._assigned if lenient else self._active
+        if assignment_id not in known:
+            self._illegal(f"{kind} names assignment {assignment_id!r}, which is not assigned")
+
+    def _answer_step(self, kind: str, step_id: int | None, session_id: str | None) -> None:
+        expected = self._steps.get(step_id) if step_id is not None else None
+        if expected is None:
+            self._illegal(f"{kind} answers step {step_id}, which is not outstanding")
+        if session_id is not None and session_id != expected:
+            self._illegal(f"{kind} for step {step_id} names session {session_id!r}, the step was for {expected!r}")
+        del self._steps[step_id]  # type: ignore[arg-type]
+
+    def _settle(self) -> None:
+        if self._coordinator_drained or self._volunteer_drained:
+            self.state = State.DRAINING
+        elif self._ready:
+            self.state = State.SERVING
+        elif self._active:
+            self.state = State.ASSIGNED
+        else:
+            self.state = State.AUTHENTICATED
+
+    def _illegal(self, problem: str) -> None:
+        raise ProtocolViolation(
+            f"{self.role.value} connection: {problem}",
+            hint="the peer runs an incompatible or faulty Butterfly; update both sides to the same release",
+        )
+
+    def _close(self, code: int, reason: str) -> None:
+        self.state = State.CLOSED
+        self.close_code = code
+        self.close_reason = _truncate_utf8(reason, MAX_CLOSE_REASON_BYTES)
+
+
+def _truncate_utf8(text: str, limit: int) -> str:
+    raw = text.encode("utf-8", errors="replace")
+    if len(raw) <= limit:
+        return raw.decode("utf-8")
+    return raw[: limit - 3].decode("utf-8", errors="ignore") + "..."
+
+
+__all__ = ["ProtocolConnection", "Role", "State"]
