@@ -37,8 +37,9 @@ Hysteresis, so the decision does not flap (the constants below carry the numbers
        apart do.
   A stop with several blocking conditions happens when any one of them is confirmed.
 - Hence any two consecutive automatic switches are at least ``MIN_DWELL_S`` apart, and
-  once the inputs hold still, the decision follows them within
-  ``MIN_DWELL_S + max(BATTERY_CONFIRM_S, ACTIVITY_GRACE_S)`` (plus one call interval).
+  once the inputs hold still (for "busy": the user keeps using the machine), the
+  decision follows them within ``MIN_DWELL_S + max(BATTERY_CONFIRM_S, ACTIVITY_GRACE_S)``
+  plus one call interval.
 
 ``since`` is when ``compute`` last changed. A clock that went backwards (a naive local
 clock at the end of daylight saving time) re-anchors ``since`` and ``pending_since`` to

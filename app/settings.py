@@ -145,7 +145,8 @@ class Settings:
 
     ``cpu_threads``: compute threads, 0 = all cores. ``memory_cap_gib``: memory Butterfly
     may use, None = automatic. ``devices``: per-accelerator switches as sorted
-    ``(device, enabled)`` pairs, e.g. ``(("cuda:0", True),)``; unlisted devices are enabled.
+    ``(device, enabled)`` pairs, e.g. ``(("cuda:0", True),)`` (a mapping is accepted and
+    converted); unlisted devices are enabled.
     ``only_when_idle`` + ``idle_minutes``: compute only after that long without input.
     ``pause_on_battery``: stop while the machine runs on battery. ``schedule``: when compute
     is allowed. ``start_at_login``: start the app when the user logs in. ``pools``: joined

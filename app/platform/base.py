@@ -97,7 +97,7 @@ def checked_command(command: Sequence[str]) -> list[str]:
     return args
 
 
-def autostart_failed(path: Path | str, err: Exception) -> ConfigError:
+def autostart_failed(path: Path | str, err: OSError) -> ConfigError:
     """The error raised when a start-at-login entry cannot be written or removed."""
     return ConfigError(f"could not change starting at login ({path}): {err}", hint="check that this location is writable, or turn the option off")
 

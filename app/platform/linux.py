@@ -22,6 +22,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from core.errors import ConfigError
+
 from app.platform.base import BatteryProbe, CommandRunner, IdleProbe, autostart_failed, checked_command, psutil_on_battery, run_quietly
 from app.settings import write_atomically
 
@@ -33,6 +35,8 @@ EXEC_RESERVED: Final = frozenset(" \t\n\"'\\><~|&;$*?#()`")
 """Characters that force an ``Exec`` argument into double quotes (Desktop Entry spec, "The Exec key")."""
 _EXEC_ESCAPED_IN_QUOTES: Final = frozenset('"`$\\')
 _STRING_ESCAPES: Final = {"\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+_UNREPRESENTABLE: Final = frozenset(chr(c) for c in (*range(32), 127)) - set(_STRING_ESCAPES)
+"""ASCII control characters, which a desktop-entry string value cannot hold even escaped."""
 
 MUTTER_IDLE_COMMAND: Final = (
     "gdbus", "call", "--session",
@@ -75,9 +79,13 @@ def escape_string_value(value: str) -> str:
 def desktop_entry(command: Sequence[str], *, name: str = APP_NAME, comment: str = APP_COMMENT) -> str:
     """The text of an autostart desktop entry that runs ``command`` (program, then arguments).
 
-    Raises :class:`ConfigError` for an empty command or NUL characters.
+    Raises :class:`ConfigError` for an empty command or ASCII control characters other
+    than tab, newline and carriage return (which are escaped).
     """
     args = checked_command(command)
+    for arg in args:
+        if any(c in _UNREPRESENTABLE for c in arg):
+            raise ConfigError(f"start-at-login argument {arg!r} holds a control character", hint="desktop entries cannot store control characters; use a path without them")
     exec_value = escape_string_value(" ".join(quote_exec_arg(a) for a in args))
     return (
         "[Desktop Entry]\n"

@@ -10,6 +10,7 @@ functions that need them, so this module imports on every OS.
 from __future__ import annotations
 
 import ctypes
+import sys
 from collections.abc import Sequence
 from typing import Final, Protocol
 
@@ -22,6 +23,7 @@ RUN_VALUE_NAME: Final = "Butterfly"
 MAX_RUN_COMMAND_CHARS: Final = 260
 """Longest command line Windows accepts in a Run value (Microsoft, "Run and RunOnce Registry Keys")."""
 
+_NOT_WINDOWS: Final = "the Windows registry exists only on Windows"
 _TICK_MODULUS: Final = 1 << 32
 _MS_PER_S: Final = 1000.0
 
@@ -91,10 +93,12 @@ class RunKey(Protocol):
 
 
 class WinregRunKey:
-    """:class:`RunKey` on the real registry through ``winreg`` (Windows only)."""
+    """:class:`RunKey` on the real registry through ``winreg``; raises OSError on other systems."""
 
     def read(self, name: str) -> str | None:
         """The value's data, or None when it does not exist."""
+        if sys.platform != "win32":
+            raise OSError(_NOT_WINDOWS)
         import winreg
 
         try:
@@ -106,6 +110,8 @@ class WinregRunKey:
 
     def write(self, name: str, value: str) -> None:
         """Create or replace the value (REG_SZ)."""
+        if sys.platform != "win32":
+            raise OSError(_NOT_WINDOWS)
         import winreg
 
         with winreg.CreateKeyEx(winreg.HKEY_CURRENT_USER, RUN_KEY_PATH, 0, winreg.KEY_SET_VALUE) as key:
@@ -113,6 +119,8 @@ class WinregRunKey:
 
     def delete(self, name: str) -> None:
         """Remove the value if present."""
+        if sys.platform != "win32":
+            raise OSError(_NOT_WINDOWS)
         import winreg
 
         try:
@@ -128,15 +136,17 @@ class _LastInputInfo(ctypes.Structure):
 
 def windows_idle_seconds() -> float | None:
     """Seconds since the last input from ``GetLastInputInfo``; None off Windows or on failure."""
+    if sys.platform != "win32":
+        return None
     try:
-        user32 = ctypes.WinDLL("user32")  # type: ignore[attr-defined]
-        kernel32 = ctypes.WinDLL("kernel32")  # type: ignore[attr-defined]
+        user32 = ctypes.WinDLL("user32")
+        kernel32 = ctypes.WinDLL("kernel32")
         info = _LastInputInfo(cbSize=ctypes.sizeof(_LastInputInfo))
         if not user32.GetLastInputInfo(ctypes.byref(info)):
             return None
         kernel32.GetTickCount.restype = ctypes.c_uint
         return idle_from_ticks(kernel32.GetTickCount(), info.dwTime)
-    except Exception:  # noqa: BLE001 - a probe never raises (and WinDLL does not exist elsewhere)
+    except Exception:  # noqa: BLE001 - a probe never raises
         return None
 
 
@@ -163,7 +173,7 @@ class WindowsBackend:
         """Whether our Run value exists; False when the registry cannot be read."""
         try:
             return self._run_key.read(RUN_VALUE_NAME) is not None
-        except (OSError, ImportError):
+        except OSError:
             return False
 
     def set_autostart(self, enabled: bool, command: Sequence[str]) -> None:
@@ -173,5 +183,5 @@ class WindowsBackend:
                 self._run_key.write(RUN_VALUE_NAME, run_key_value(command))
             else:
                 self._run_key.delete(RUN_VALUE_NAME)
-        except (OSError, ImportError) as err:
+        except OSError as err:
             raise autostart_failed(rf"HKCU\{RUN_KEY_PATH}\{RUN_VALUE_NAME}", err) from err
