@@ -389,7 +389,10 @@ class Volunteer:
             raise ProtocolViolation(
                 f"session {msg.session_id} step starts at {msg.start_pos} but only {cache.length} tokens are cached"
             )
-        y = loaded.shard(msg.x, cache)
+        try:
+            y = loaded.shard(msg.x, cache)
+        except ValueError as exc:  # the runtime's word for input that does not fit this shard
+            raise ProtocolViolation(f"forward input refused: {exc}") from None
         if not bool(torch.isfinite(y).all()):
             cache.truncate(msg.start_pos)
             raise ShardLoadFailed(
