@@ -231,14 +231,21 @@ class Pool:
         )
 
     async def _release_drained(self) -> None:
-        """Say goodbye to draining volunteers that no pipeline in use needs any more."""
-        busy = {s.link.node_id for p in self.pipelines if p.sessions for s in p.stages}
-        current = {s.link.node_id for p in self.pipelines for s in p.stages}
-        for link in list(self.links.values()):
-            if link.draining and link.node_id not in busy and link.node_id not in current:
-                await link.channel.bye("drained")
-            elif link.draining:
-                self._changed.set()
+        """Let draining volunteers go once no running session needs them.
+
+        By now a replacement plan without them is live if the rest of the pool can hold the
+        model; if it cannot, their pipelines are retired anyway (the volunteer asked to
+        leave) and new requests wait for capacity.
+        """
+        for link in [l for l in self.links.values() if l.draining and not l.closed.is_set()]:
+            if any(p.sessions for p in self.pipelines for s in p.stages if s.link is link):
+                self._changed.set()  # look again when its sessions end
+                continue
+            self.pipelines = [p for p in self.pipelines if all(s.link is not link for s in p.stages)]
+            if not self.pipelines:
+                self.ready.clear()
+            self.events.add("leave", f"{link.name} drained and was released")
+            await link.channel.bye("drained")
 
     # --- sessions --------------------------------------------------------------------
 
@@ -246,7 +253,7 @@ class Pool:
         """The ready pipeline that will finish a new session soonest; waits (bounded) for one."""
         deadline = time.monotonic() + self.config.request_wait_s
         while True:
-            live = [p for p in self.pipelines if p.alive]
+            live = [p for p in self.pipelines if p.alive and not any(s.link.draining for s in p.stages)]
             if live:
                 index = route([(p.bottleneck_s, p.sessions) for p in live])
                 chosen = live[index]

@@ -58,10 +58,33 @@ async def test_three_volunteers_match_transformers_on_random_gqa_llama(tiny_mode
         await pool.wait_ready(stages=3)
         stages = pool.coordinator.pool.pipelines[0].stages
         assert [(s.start, s.end) for s in stages][0][0] == 0 and stages[-1].end == 6
+        await assert_each_remote_stage_matches(pool, tiny_model.path, prompt)
         got = await pipeline_tokens(pool, prompt, NEW_TOKENS, ignore_eos=True)
     # The tiny model has no EOS in its config, so the reference never stops early either.
     assert len(got) == NEW_TOKENS
     assert got == expected
+
+
+def hf_hidden_states(model_dir: Path, prompt_ids: list[int]) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """Every layer boundary's hidden states and the last position's logits, from transformers."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        out = model(torch.tensor([prompt_ids]), output_hidden_states=True)
+    return tuple(h[0] for h in out.hidden_states), out.logits[0, -1:]
+
+
+async def assert_each_remote_stage_matches(pool, model_dir: Path, prompt: list[int]) -> None:  # noqa: ANN001
+    """Feed each volunteer's stage the reference input of its range; compare with the reference output."""
+    hidden, logits = hf_hidden_states(model_dir, prompt)
+    pipeline = pool.coordinator.pool.pipelines[0]
+    for index, stage in enumerate(pipeline.stages):
+        x = torch.tensor(prompt) if stage.start == 0 else hidden[stage.start]
+        result = await stage.link.forward(session_id=f"check-{index}", assignment_id=stage.assignment_id, start_pos=0, x=x)
+        await stage.link.end_session(f"check-{index}")
+        expected = logits if index == len(pipeline.stages) - 1 else hidden[stage.end]
+        torch.testing.assert_close(result.y, expected, rtol=1e-4, atol=1e-4)
 
 
 async def test_three_volunteers_match_transformers_on_default_model(default_model, tmp_path: Path) -> None:
@@ -73,6 +96,7 @@ async def test_three_volunteers_match_transformers_on_default_model(default_mode
     expected = hf_greedy(default_model.path, prompt, NEW_TOKENS)
     async with live_pool(default_model, tmp_path, volunteers=3) as pool:
         await pool.wait_ready(stages=3)
+        await assert_each_remote_stage_matches(pool, default_model.path, prompt)
         got = await pipeline_tokens(pool, prompt, NEW_TOKENS)
         snapshot = pool.coordinator.pool.snapshot()
     assert len(got) >= 32, f"stopped after {len(got)} tokens: {tokenizer.decode(got)!r}"
