@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -23,6 +24,7 @@ from pathlib import Path
 import aiohttp
 import torch
 
+from core.backoff import backoff_delay
 from core.errors import AuthFailed, ButterflyError, ConfigError, ProtocolViolation, ShardLoadFailed
 from core.identity import Identity, auth_transcript, fingerprint, parse_invite, verify_signature
 from core.model.config import ModelConfig
@@ -49,6 +51,10 @@ from core.protocol.messages import (
     SetSlowdown,
     TensorChunk,
     Unassign,
+    LinkProbe,
+    LinkProbeAck,
+    ModelInfo,
+    ProfileUpdate,
 )
 from core.protocol.session import ProtocolConnection, Role
 from core.transport import Channel, ChannelClosed
@@ -73,6 +79,9 @@ class VolunteerConfig:
 
     data_dir: Path
     url: str | None = None
+    memory_cap_bytes: int | None = None
+    benchmark: bool = True
+    benchmark_cache: Path | None = None
     invite: str | None = None
     name: str = ""
     profile: HardwareProfile
@@ -86,6 +95,7 @@ class VolunteerConfig:
 class _LoadedShard:
     assignment_id: str
     shard: Shard
+    hashes: frozenset[str] = frozenset()
     caches: dict[str, KVCache] = field(default_factory=dict)
 
 
@@ -112,6 +122,8 @@ class Volunteer:
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="shard")
         self._draining = False
         self._done = asyncio.Event()
+        self._tensors: dict[str, torch.Tensor] = {}  # sha256 -> fetched tensor, reused across assignments
+        self.end_reason = "closed"
 
     # --- pinning ---------------------------------------------------------------------
 
@@ -256,12 +268,19 @@ class Volunteer:
                     task.add_done_callback(loads.discard)
                 elif isinstance(msg, Unassign):
                     self._queue.put_nowait(msg)
+                elif isinstance(msg, LinkProbe):
+                    await channel.send(LinkProbeAck(seq=msg.seq, sent_at=msg.sent_at, received_bytes=msg.payload.numel()))
+                elif isinstance(msg, ModelInfo):
+                    task = asyncio.create_task(self._benchmark(channel, msg), name="benchmark")
+                    loads.add(task)
+                    task.add_done_callback(loads.discard)
                 elif isinstance(msg, SetSlowdown):
                     self.slowdown = msg.factor
                 elif isinstance(msg, Drain):
                     self.request_drain()
                 elif isinstance(msg, Bye):
                     log.info("the pool said goodbye: %s", msg.reason)
+                    self.end_reason = "drained" if self._draining else "bye"
                     return
                 elif isinstance(msg, Error):
                     log.warning("the pool reported an error: %s", msg.message)
@@ -270,14 +289,52 @@ class Volunteer:
             for task in loads:
                 task.cancel()
 
+    # --- measuring ---------------------------------------------------------------------
+
+    async def _benchmark(self, channel: Channel, info: ModelInfo) -> None:
+        """Time a real layer of the pool's model (cached per machine) and report the profile."""
+        if not self.config.benchmark:
+            await channel.send(ProfileUpdate(profile=self._scaled(replace(self.config.profile, node_id=self.node_id))))
+            return
+        try:
+            from app.hardware.cache import cached_benchmark
+            from app.hardware.probe import probe
+            from app.hardware.profile import build_profile
+
+            config = ModelConfig.from_hf(info.hf_config)
+            dtype = _DTYPES[info.dtype]
+            machine = await asyncio.to_thread(probe)
+            bench = await asyncio.get_running_loop().run_in_executor(
+                self._executor,
+                lambda: cached_benchmark(config, dtype=dtype, device="cpu", cache_path=self.config.benchmark_cache, info=machine),
+            )
+            cap = self.config.memory_cap_bytes if self.config.memory_cap_bytes is not None else self.config.profile.memory_bytes
+            profile = build_profile(machine, bench, memory_cap_bytes=cap, name=self.config.name or self.config.profile.name)
+            profile = replace(profile, node_id=self.node_id)
+        except ButterflyError as exc:
+            log.warning("benchmark failed (%s); reporting the quick estimate", exc)
+            profile = replace(self.config.profile, node_id=self.node_id)
+        await channel.send(ProfileUpdate(profile=self._scaled(profile)))
+
+    def _scaled(self, profile: HardwareProfile) -> HardwareProfile:
+        """Apply the debug slowdown to a measured profile, so the planner sees what the pool will."""
+        if self.slowdown <= 1.0:
+            return profile
+        return replace(
+            profile,
+            seconds_per_layer=profile.seconds_per_layer * self.slowdown,
+            prefill_seconds_per_layer=profile.prefill_seconds_per_layer * self.slowdown,
+        )
+
     # --- loading ---------------------------------------------------------------------
 
     async def _load(self, channel: Channel, assign: Assign) -> None:
         try:
             started = time.perf_counter()
             shard = await self._fetch_and_build(channel, assign)
-            self.shards[assign.assignment_id] = _LoadedShard(assign.assignment_id, shard)
-            self._drop_idle_shards(keep=assign.assignment_id)
+            self.shards[assign.assignment_id] = _LoadedShard(
+                assign.assignment_id, shard, frozenset(t.sha256 for t in assign.tensors)
+            )
             await channel.send(Ready(assignment_id=assign.assignment_id, load_seconds=time.perf_counter() - started))
             self._on_status(f"serving layers {assign.layers}")
         except ButterflyError as exc:
@@ -297,6 +354,11 @@ class Volunteer:
         tensors: dict[str, torch.Tensor] = {}
         loop = asyncio.get_running_loop()
         for spec in assign.tensors:
+            known = self._tensors.get(spec.sha256)
+            if known is not None and tuple(known.shape) == tuple(spec.shape):
+                tensors[spec.name] = known  # held from an earlier assignment: verified then, no download
+                done += spec.nbytes
+                continue
             buf = bytearray(spec.nbytes)
             digest = hashlib.sha256()
             offsets = list(range(0, spec.nbytes, self.config.chunk_bytes))
@@ -332,14 +394,16 @@ class Volunteer:
             if src_dtype is None:
                 raise ShardLoadFailed(f"tensor {spec.name} has unsupported dtype {spec.dtype}")
             tensors[spec.name] = torch.frombuffer(buf, dtype=src_dtype).reshape(spec.shape)
+            self._tensors[spec.sha256] = tensors[spec.name]
         await channel.send(LoadProgress(assignment_id=assign.assignment_id, done_bytes=total, total_bytes=total))
         return await loop.run_in_executor(
             self._executor, lambda: Shard(config, assign.layers, tensors, dtype=dtype)
         )
 
-    def _drop_idle_shards(self, *, keep: str) -> None:
-        for aid in [a for a, s in self.shards.items() if a != keep and not s.caches]:
-            del self.shards[aid]
+    def _forget_unused_tensors(self) -> None:
+        """Keep fetched tensors only while a loaded shard still uses them."""
+        in_use = {sha for loaded in self.shards.values() for sha in loaded.hashes}
+        self._tensors = {sha: t for sha, t in self._tensors.items() if sha in in_use}
 
     # --- serving ---------------------------------------------------------------------
 
@@ -357,6 +421,7 @@ class Volunteer:
                 continue
             if isinstance(msg, Unassign):
                 self.shards.pop(msg.assignment_id, None)
+                self._forget_unused_tensors()
                 continue
             try:
                 y, compute_s = await loop.run_in_executor(self._executor, self._step, msg)
@@ -399,3 +464,67 @@ class Volunteer:
                 "this shard produced non-finite values", hint="the weights or the input are corrupt"
             )
         return y, time.perf_counter() - started
+
+
+class VolunteerService:
+    """Keeps a volunteer in its pool: reconnects with backoff and jitter until told to leave.
+
+    A connection that ends because the coordinator went away (closed, restarted, said
+    goodbye while shutting down) is retried after :func:`core.backoff.backoff_delay`;
+    a finished drain ends the service; a refusal (bad invite, banned key, impostor pool)
+    is raised, since retrying cannot fix it.
+    """
+
+    def __init__(
+        self,
+        config: VolunteerConfig,
+        *,
+        on_status: Callable[[str], None] | None = None,
+        rng: random.Random | None = None,
+        max_attempts: int | None = None,
+    ) -> None:
+        self.config = config
+        self._on_status = on_status or (lambda s: None)
+        self._rng = rng or random.Random()
+        self._max_attempts = max_attempts
+        self._leaving = False
+        self._leave = asyncio.Event()
+        self.current: Volunteer | None = None
+        self.connections = 0
+
+    def request_drain(self) -> None:
+        """Leave the pool for good (after draining the current connection)."""
+        self._leaving = True
+        self._leave.set()
+        if self.current is not None:
+            self.current.request_drain()
+
+    async def run(self) -> str:
+        """Serve until drained (returns "drained") or out of attempts (returns the last end reason)."""
+        attempt = 0
+        reason = "closed"
+        while not self._leaving:
+            volunteer = Volunteer(self.config, on_status=self._on_status)
+            self.current = volunteer
+            try:
+                await volunteer.run()
+                reason = volunteer.end_reason
+                self.connections += 1
+                attempt = 0 if volunteer.steps or volunteer.shards else attempt
+            except AuthFailed:
+                raise
+            except (ConfigError, ChannelClosed, ProtocolViolation, ConnectionError, OSError) as exc:
+                reason = f"error: {exc}"
+                log.warning("connection to the pool ended: %s", exc)
+            if reason == "drained" or self._leaving:
+                return "drained"
+            if self._max_attempts is not None and attempt >= self._max_attempts:
+                return reason
+            delay = backoff_delay(attempt, rng=self._rng)
+            attempt += 1
+            self._on_status(f"reconnecting in {delay:.1f} s")
+            try:
+                await asyncio.wait_for(self._leave.wait(), delay)
+            except TimeoutError:
+                pass
+        return "drained"

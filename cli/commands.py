@@ -42,6 +42,9 @@ def coordinator_config(args: argparse.Namespace, **overrides: object):  # noqa: 
         min_volunteers=args.min_volunteers,
         dtype=args.dtype,
         api_key=args.api_key,
+        open_pool=args.open,
+        mdns=not args.no_mdns,
+        mdns_interfaces=tuple(args.mdns_interface),
     )
     values.update(overrides)
     return CoordinatorConfig(**values)  # type: ignore[arg-type]
@@ -73,7 +76,7 @@ def run_coordinator(args: argparse.Namespace) -> int:
 
 
 def run_invite(args: argparse.Namespace) -> int:
-    from core.identity import Identity, create_invite, invite_link
+    from core.identity import Identity, create_invite, invite_link, parse_invite
     from server.config import default_data_dir
 
     key_path = (args.data_dir or default_data_dir()) / "pool_key.pem"
@@ -82,15 +85,20 @@ def run_invite(args: argparse.Namespace) -> int:
             f"no pool key at {key_path}",
             hint="start `butterfly coordinator` once on this machine (or pass its --data-dir)",
         )
+    from server.db import DB_FILE_NAME, SqlitePoolRegistry
+
     identity = Identity.load_or_create(key_path)
+    now = time.time()
     token = create_invite(
         identity,
         pool_name=args.pool_name,
         addresses=[args.url],
         ttl_s=parse_duration(args.ttl),
         max_uses=args.uses,
-        now=time.time(),
+        now=now,
     )
+    with SqlitePoolRegistry(key_path.parent / DB_FILE_NAME) as registry:
+        registry.record_invite(parse_invite(token), created_at=now)
     print(token)
     print(invite_link(token), file=sys.stderr)
     return 0
@@ -100,7 +108,7 @@ def run_volunteer(args: argparse.Namespace) -> int:
     import platformdirs
 
     from app.profile import quick_profile
-    from app.volunteer import Volunteer, VolunteerConfig
+    from app.volunteer import VolunteerConfig, VolunteerService
 
     if not args.invite and not args.url:
         raise ConfigError("a volunteer needs --invite (or --url for a pool it joined before)")
@@ -108,11 +116,12 @@ def run_volunteer(args: argparse.Namespace) -> int:
     profile = quick_profile(memory_bytes=memory, threads=args.threads or None, name=args.name)
     data_dir = args.data_dir or Path(platformdirs.user_data_dir("butterfly", appauthor=False)) / "volunteer"
     config = VolunteerConfig(
-        data_dir=data_dir, url=args.url, invite=args.invite, name=args.name, profile=profile, slowdown=args.slowdown
+        data_dir=data_dir, url=args.url, invite=args.invite, name=args.name, profile=profile,
+        slowdown=args.slowdown, memory_cap_bytes=memory,
     )
 
     async def main() -> None:
-        volunteer = Volunteer(config, on_status=lambda s: print(f"[{config.name or 'volunteer'}] {s}", flush=True))
+        volunteer = VolunteerService(config, on_status=lambda s: print(f"[{config.name or 'volunteer'}] {s}", flush=True))
         interrupts = 0
 
         def on_interrupt() -> None:
@@ -128,6 +137,24 @@ def run_volunteer(args: argparse.Namespace) -> int:
         await volunteer.run()
 
     asyncio.run(main())
+    return 0
+
+
+def run_benchmark(args: argparse.Namespace) -> int:
+    """Print this machine's benchmark for a model's layer shape (cached per machine and model)."""
+    from app.hardware.report import run_benchmark_command
+
+    model = load_model(args.model)
+    print(
+        run_benchmark_command(
+            model.config,
+            dtypes=args.dtype or None,
+            as_json=args.json,
+            force=args.force,
+            threads=args.threads,
+            model_name=model.manifest.name,
+        )
+    )
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -22,6 +23,16 @@ from cli.main import self_command
 from core.errors import PoolUnavailable
 
 READY_TIMEOUT_S = 300.0
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """Ask a volunteer process to leave (it drains first); a hard stop where signals are not portable."""
+    if proc.poll() is not None:
+        return
+    if sys.platform == "win32":
+        proc.terminate()
+    else:
+        proc.send_signal(signal.SIGTERM)
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -91,12 +102,14 @@ def run_demo(args: argparse.Namespace) -> int:
                 await stop.wait()
             return 0
         finally:
-            await coordinator.stop()
+            for p in procs:  # volunteers drain and leave for good
+                stop_process(p)
             for p in procs:
                 try:
-                    p.wait(timeout=10)
+                    p.wait(timeout=20)
                 except subprocess.TimeoutExpired:
-                    p.terminate()
+                    p.kill()
                     p.wait(timeout=5)
+            await coordinator.stop()
 
     return asyncio.run(main())

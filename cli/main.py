@@ -1,4 +1,4 @@
-"""The ``butterfly`` command: coordinator, invite, volunteer, generate, demo.
+"""The ``butterfly`` command: coordinator, invite, volunteer, generate, status, apikey, app, demo.
 
 Each subcommand imports only what it needs, so ``butterfly --help`` and the volunteer
 start fast. Errors from the product end the command with a one-line message and a
@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+from cli.app import add_app_args
 from core.errors import ButterflyError, ConfigError
 
 VERSION = "0.1.0"
@@ -50,6 +51,10 @@ def _add_coordinator_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key", help="require this Bearer key for the generation API")
     p.add_argument("--invite-uses", type=int, default=None, help="uses of the printed invite (default unlimited)")
     p.add_argument("--invite-ttl", default="24h", help="lifetime of the printed invite (default 24h)")
+    p.add_argument("--open", action="store_true", help="admit volunteers without an invite (anyone who can reach the pool)")
+    p.add_argument("--no-mdns", action="store_true", help="do not advertise the pool on the local network")
+    p.add_argument("--mdns-interface", action="append", default=[], metavar="IP",
+                   help="advertise on the interface with this IPv4 address (repeatable; default: those matching --host)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,6 +94,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop", action="append", default=[])
     p.add_argument("--api-key", default=os.environ.get("BUTTERFLY_API_KEY"))
 
+    p = sub.add_parser("status", help="show a pool's volunteers, layers, pipelines and recent events")
+    p.add_argument("--url", default="http://127.0.0.1:8765", help="the coordinator's http address")
+    p.add_argument("--json", action="store_true", help="print the raw JSON view")
+
+    p = sub.add_parser("apikey", help="create, list or revoke the API keys of a pool hosted here")
+    p.add_argument("--data-dir", type=Path, help="the coordinator's data dir (default: the platform data dir)")
+    keys = p.add_subparsers(dest="action", required=True)
+    k = keys.add_parser("create", help="create a key and print it (shown only once)")
+    k.add_argument("--name", default="", help="a label for the key, e.g. who uses it")
+    keys.add_parser("list", help="list keys (ids and first characters only)")
+    k = keys.add_parser("revoke", help="revoke a key")
+    k.add_argument("key_id", help="the key's id (or a unique start of it), from `butterfly apikey list`")
+
+    p = sub.add_parser("app", help="the desktop app: join pools from the tray, host one, control what this machine gives")
+    add_app_args(p)
+
+    p = sub.add_parser("benchmark", help="measure this machine: seconds per layer of a model, matmul and memory speed")
+    p.add_argument("--model", default="default", help="the model whose layer shape to time ('default', a .gguf file or an HF folder)")
+    p.add_argument("--dtype", action="append", default=[], help="compute dtype(s) to time (default: float32 and bfloat16 on CPU)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
+    p.add_argument("--force", action="store_true", help="measure again even if a cached result exists")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
     p = sub.add_parser("demo", help="a coordinator and three volunteers on this machine, answering one prompt")
     p.add_argument("--prompt", default="What is volunteer computing? Answer in three sentences.")
     p.add_argument("--volunteers", type=int, default=3)
@@ -122,6 +150,22 @@ def main(argv: list[str] | None = None) -> int:
             from cli.commands import run_generate
 
             return run_generate(args)
+        if args.command == "status":
+            from cli.status import run_status
+
+            return run_status(args)
+        if args.command == "apikey":
+            from cli.apikey import run_apikey
+
+            return run_apikey(args)
+        if args.command == "app":
+            from cli.app import run_app
+
+            return run_app(args)
+        if args.command == "benchmark":
+            from cli.commands import run_benchmark
+
+            return run_benchmark(args)
         if args.command == "demo":
             from cli.demo import run_demo
 

@@ -97,9 +97,16 @@ class InsufficientCapacity(PoolUnavailable):
 
 
 class StageFailed(ButterflyError):
-    """A pipeline stage failed, stalled or disconnected while serving a step."""
+    """A pipeline stage failed, stalled or disconnected while serving a step.
+
+    ``node_id`` names the volunteer that failed, when known.
+    """
 
     close_code = 4005
+
+    def __init__(self, message: str, *, hint: str | None = None, node_id: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.node_id = node_id
 
 
 class RequestFailed(ButterflyError):

@@ -38,8 +38,13 @@ async def admit(
     pool_name: str,
     heartbeat_interval_s: float,
     timeout_s: float,
+    open_pool: bool = False,
 ) -> Admitted:
-    """Run the handshake on a fresh channel; raise :class:`AuthFailed` (or a protocol error) to refuse."""
+    """Run the handshake on a fresh channel; raise :class:`AuthFailed` (or a protocol error) to refuse.
+
+    A newcomer needs a valid invite unless ``open_pool``; an invite it brings anyway is
+    still checked (and counted).
+    """
     deadline = time.monotonic() + timeout_s
 
     def remaining() -> float:
@@ -60,7 +65,7 @@ async def admit(
     if registry.is_banned(node_id):
         raise AuthFailed("this volunteer key is banned from the pool", hint="ask the host")
     invite = None
-    if registry.member(node_id) is None:
+    if registry.member(node_id) is None and (hello.invite or not open_pool):
         if not hello.invite:
             raise AuthFailed(
                 "this pool admits new volunteers only with an invite",

@@ -19,22 +19,26 @@ from typing import Any
 from aiohttp import web
 
 from core.errors import ButterflyError, ConfigError, ProtocolViolation
-from core.identity import Identity, create_invite
+from core.identity import Identity, create_invite, parse_invite
 from core.protocol.frames import Limits
 from core.protocol.session import ProtocolConnection, Role
 from core.store.store import StoredModel
 from core.transport import Channel, ChannelClosed
 from server.admission import admit
+from server.api.surface import ClientSurface
+from server.advertise import PoolAdvertiser, advert_addresses, coordinator_advert
 from server.config import CoordinatorConfig
 from server.generation import generate
 from server.links import VolunteerLink
 from server.pool import Pool
-from server.registry import PoolRegistry
+from server.db import DB_FILE_NAME, Contribution, SqlitePoolRegistry
 from server.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1 * 2**20
+CONTRIBUTION_EVERY_BEATS = 5
+"""Contribution counters are written to the registry every this many heartbeats."""
 WS_LIMITS = Limits()
 
 
@@ -55,12 +59,15 @@ class Coordinator:
         self.model = model
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.identity = identity or Identity.load_or_create(config.data_dir / "pool_key.pem")
-        self.registry = PoolRegistry()
+        self.registry = SqlitePoolRegistry(config.data_dir / DB_FILE_NAME)
         self.pool = Pool(config, model)
         self.tokenizer = model.tokenizer()
         self.url = ""
         self._tasks: list[asyncio.Task[Any]] = []
+        self._recorded: dict[int, tuple[int, int, float, int, int]] = {}
         self._runner: web.AppRunner | None = None
+        self.surface = ClientSurface(self)
+        self.advertiser: PoolAdvertiser | None = None
 
     @property
     def pool_id(self) -> str:
@@ -74,6 +81,7 @@ class Coordinator:
         app.router.add_post("/api/generate", self._generate_handler)
         app.router.add_get("/api/status", self._status_handler)
         app.router.add_get("/healthz", self._health_handler)
+        self.surface.install(app)
         return app
 
     async def start(self) -> RunningCoordinator:
@@ -86,6 +94,13 @@ class Coordinator:
         self.url = self.config.public_url or f"http://{self.config.host}:{port}"
         self.pool.start()
         self._tasks.append(asyncio.create_task(self._heartbeat_loop(), name="heartbeats"))
+        if self.config.mdns:
+            self.advertiser = PoolAdvertiser(
+                describe=lambda: coordinator_advert(self),
+                port=port,
+                addresses=advert_addresses(self.config.host, self.config.mdns_interfaces),
+            )
+            await self.advertiser.start()
         return RunningCoordinator(self.url, self.ws_url, self._runner)
 
     @property
@@ -93,24 +108,33 @@ class Coordinator:
         return self.url.replace("http://", "ws://").replace("https://", "wss://") + "/ws"
 
     async def stop(self) -> None:
+        """Stop serving: running requests end with a clear error, volunteers are told goodbye."""
+        self.pool.closing = True
+        if self.advertiser is not None:
+            await self.advertiser.stop()
         for task in self._tasks:
             task.cancel()
         await self.pool.stop()
+        self._record_contributions()
         for link in list(self.pool.links.values()):
             await link.channel.bye("coordinator shutting down")
         if self._runner is not None:
             await self._runner.cleanup()
+        self.registry.close()
 
     def invite(self, *, ttl_s: float = 24 * 3600, max_uses: int | None = None) -> str:
         """A signed invite to this pool, pointing volunteers at its websocket."""
-        return create_invite(
+        now = time.time()
+        token = create_invite(
             self.identity,
             pool_name=self.config.pool_name,
             addresses=[self.ws_url],
             ttl_s=ttl_s,
             max_uses=max_uses,
-            now=time.time(),
+            now=now,
         )
+        self.registry.record_invite(parse_invite(token), created_at=now)
+        return token
 
     # --- volunteers ------------------------------------------------------------------
 
@@ -129,6 +153,7 @@ class Coordinator:
                 pool_name=self.config.pool_name,
                 heartbeat_interval_s=self.config.heartbeat_interval_s,
                 timeout_s=self.config.handshake_timeout_s,
+                open_pool=self.config.open_pool,
             )
         except (ButterflyError, TimeoutError) as exc:
             err = exc if isinstance(exc, ButterflyError) else ProtocolViolation("handshake timed out")
@@ -149,13 +174,47 @@ class Coordinator:
             on_event=self.pool.on_link_event,
         )
         log.info("volunteer %s joined from %s", link.name, peer)
+        reader = asyncio.create_task(link.serve(), name=f"link-{link.name}")
+        await link.measure_link()
         self.pool.add(link)
-        await link.serve()
+        try:
+            await link.send_model_info(
+                model_id=self.model.manifest.model_id,
+                model_name=self.model.manifest.name,
+                hf_config=dict(self.model.hf_config),
+                dtype=self.config.dtype,
+            )
+        except ButterflyError:
+            pass  # the link is gone; its reader reports why
+        await reader
         return ws
 
+    def _record_contributions(self) -> None:
+        """Add what each volunteer served since the last call to its counters in the registry."""
+        batch = {}
+        for link in list(self.pool.links.values()) + self.pool.departed:
+            now = (link.steps_served, link.tokens_served, link.compute_s_total, link.channel.bytes_received, link.channel.bytes_sent)
+            before = self._recorded.get(id(link), (0, 0, 0.0, 0, 0))
+            delta = tuple(a - b for a, b in zip(now, before))
+            self._recorded[id(link)] = now
+            if any(delta):
+                batch[link.node_id] = Contribution(
+                    steps=delta[0], tokens=delta[1], compute_s=delta[2], bytes_in=delta[3], bytes_out=delta[4]
+                ) + batch.get(link.node_id, Contribution())
+        self.pool.departed.clear()
+        if batch:
+            try:
+                self.registry.record_contributions(batch)
+            except ButterflyError as exc:
+                log.warning("could not record contributions: %s", exc)
+
     async def _heartbeat_loop(self) -> None:
+        beats = 0
         while True:
             await asyncio.sleep(self.config.heartbeat_interval_s)
+            beats += 1
+            if beats % CONTRIBUTION_EVERY_BEATS == 0:
+                self._record_contributions()
             now = time.monotonic()
             for link in list(self.pool.links.values()):
                 if now - link.last_seen > self.config.heartbeat_timeout_s:

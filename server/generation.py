@@ -1,14 +1,22 @@
-"""One generation request driven through a pipeline, token by token.
+"""One generation request driven through a pipeline, token by token — surviving failures.
 
 The coordinator tokenizes, sends the prompt through the stages (prefill), samples each
-next token from the last stage's logits, and loops (decode). It records every stage's
-inputs for the session (:class:`SessionTrace`) so a replacement stage can be rebuilt by
-replaying them. Text is detokenized incrementally and held back where it could still
-become a stop string.
+next token from the last stage's logits, and loops (decode). Text is detokenized
+incrementally and held back where it could still become a stop string.
+
+Every stage's inputs are recorded per session (:class:`SessionTrace`), keyed by the
+layer where they enter and the position where each step starts. When the session has to
+move — its pipeline lost a volunteer, or the pool re-planned — it takes a new pipeline
+and :func:`rebuild` replays, stage by stage, exactly the recorded steps into every stage
+that does not already hold the session's cache, in the same chunks as the first time,
+so the rebuilt caches equal the lost ones and greedy output does not change. Sampling
+happens here with the request's own seeded generator, so a seeded request is also
+unchanged by a recovery.
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 import uuid
@@ -17,10 +25,25 @@ from dataclasses import dataclass, field
 
 import torch
 
-from core.errors import ConfigError
+from core.errors import ConfigError, PoolUnavailable, RequestFailed, StageFailed
 from core.store.tokenizer import TextTokenizer
-from server.pool import LivePipeline, Pool
+from server.pool import LivePipeline, Pool, Stage
 from server.sampling import Sampler, SamplingParams, StopStringMatcher
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Counts and timings of one finished request."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    time_to_first_token_s: float
+    decode_tokens_per_s: float
+    total_s: float
+    recoveries: int = 0
+    replayed_steps: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,41 +60,84 @@ class TokenEvent:
     usage: Usage | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """Counts and timings of one finished request."""
-
-    prompt_tokens: int
-    completion_tokens: int
-    time_to_first_token_s: float
-    decode_tokens_per_s: float
-    total_s: float
-
-
 @dataclass(slots=True)
 class SessionTrace:
-    """Each stage's inputs of one session, in order: ``(start_pos, tensor)`` per step."""
+    """Each layer boundary's inputs of one session: ``{layer: {start_pos: tensor}}``.
 
-    inputs: list[list[tuple[int, torch.Tensor]]] = field(default_factory=list)
+    Only complete boundaries are kept: after a move, the boundaries of the new pipeline.
+    """
 
-    def record(self, stage: int, start_pos: int, x: torch.Tensor) -> None:
-        while len(self.inputs) <= stage:
-            self.inputs.append([])
-        self.inputs[stage].append((start_pos, x))
+    inputs: dict[int, dict[int, torch.Tensor]] = field(default_factory=dict)
+
+    def record(self, layer: int, start_pos: int, x: torch.Tensor) -> None:
+        self.inputs.setdefault(layer, {})[start_pos] = x
+
+    def steps(self, layer: int, *, before: int) -> list[tuple[int, torch.Tensor]]:
+        """The recorded steps entering ``layer`` that start before position ``before``, in order."""
+        recorded = self.inputs.get(layer, {})
+        return [(pos, recorded[pos]) for pos in sorted(recorded) if pos < before]
+
+    def keep_only(self, layers: Sequence[int]) -> None:
+        self.inputs = {layer: steps for layer, steps in self.inputs.items() if layer in layers}
 
 
 async def run_step(
     pipeline: LivePipeline, session_id: str, start_pos: int, x: torch.Tensor, trace: SessionTrace | None = None
 ) -> torch.Tensor:
     """Send ``x`` through every stage of ``pipeline``; return the last stage's logits."""
-    for index, stage in enumerate(pipeline.stages):
+    for stage in pipeline.stages:
         if trace is not None:
-            trace.record(index, start_pos, x)
-        result = await stage.link.forward(
-            session_id=session_id, assignment_id=stage.assignment_id, start_pos=start_pos, x=x
-        )
+            trace.record(stage.start, start_pos, x)
+        try:
+            result = await stage.link.forward(
+                session_id=session_id, assignment_id=stage.assignment_id, start_pos=start_pos, x=x
+            )
+        except StageFailed as exc:
+            exc.node_id = exc.node_id or stage.link.node_id
+            exc.link = stage.link  # type: ignore[attr-defined] - the very connection that failed
+            raise
         x = result.y
     return x
+
+
+async def rebuild(
+    new: LivePipeline, holders: set[tuple[str, str]], session_id: str, trace: SessionTrace, pos: int
+) -> int:
+    """Give every stage of ``new`` the session's cache up to ``pos``; return the steps replayed.
+
+    ``holders`` are the (node, assignment) pairs that already hold the cache. A stage
+    that does not is sent the recorded inputs of its first layer, step by step as they
+    were first sent; its outputs become the recorded inputs of the next boundary when
+    those are missing.
+    """
+    replayed = 0
+    for index, stage in enumerate(new.stages):
+        if (stage.link.node_id, stage.assignment_id) in holders:
+            continue
+        steps = trace.steps(stage.start, before=pos)
+        if not steps:
+            if pos == 0:
+                continue
+            raise RequestFailed(f"no recorded inputs for layer {stage.start}; cannot rebuild the session")
+        try:
+            results = await stage.link.forward_many(session_id=session_id, assignment_id=stage.assignment_id, steps=steps)
+        except StageFailed as exc:
+            exc.node_id = exc.node_id or stage.link.node_id
+            exc.link = stage.link  # type: ignore[attr-defined]
+            raise
+        replayed += len(steps)
+        last = index == len(new.stages) - 1
+        if not last and len(trace.steps(stage.end, before=pos)) != len(steps):
+            for (start_pos, _), result in zip(steps, results, strict=True):
+                trace.record(stage.end, start_pos, result.y)
+    trace.keep_only(new.boundaries)
+    return replayed
+
+
+def _holders(pipeline: LivePipeline | None) -> set[tuple[str, str]]:
+    if pipeline is None:
+        return set()
+    return {(s.link.node_id, s.assignment_id) for s in pipeline.stages if not s.link.closed.is_set()}
 
 
 async def generate(
@@ -80,7 +146,11 @@ async def generate(
     prompt_ids: Sequence[int],
     params: SamplingParams,
 ) -> AsyncIterator[TokenEvent]:
-    """Stream the answer to ``prompt_ids``; the final event carries finish reason and usage."""
+    """Stream the answer to ``prompt_ids``; the final event carries finish reason and usage.
+
+    Stage failures are survived up to ``recovery_attempts`` times while a pipeline can be
+    had within ``request_wait_s``; then the request fails with :class:`RequestFailed`.
+    """
     if not prompt_ids:
         raise ConfigError("the prompt is empty", hint="send at least one token of text")
     limit = pool.config.context_tokens
@@ -90,7 +160,7 @@ async def generate(
             hint="shorten the prompt",
         )
     started = time.perf_counter()
-    pipeline = await pool.acquire_pipeline()
+    pipeline: LivePipeline | None = await pool.acquire_pipeline()
     session_id = uuid.uuid4().hex
     trace = SessionTrace()
     sampler = Sampler(params, seed=params.seed if params.seed is not None else secrets.randbits(63))
@@ -99,12 +169,36 @@ async def generate(
     eos = set() if params.ignore_eos else set(tokenizer.eos_token_ids)
     first_token_at: float | None = None
     produced = 0
+    recoveries = 0
+    replayed = 0
     finish = "length"
+    used: list[LivePipeline] = [pipeline]
     try:
         x = torch.tensor(list(prompt_ids), dtype=torch.int64)
         pos = 0
         while produced < params.max_tokens and pos + x.numel() <= limit:
-            logits = await run_step(pipeline, session_id, pos, x, trace)
+            if pool.closing:
+                raise RequestFailed(
+                    "the coordinator is shutting down; this answer was not finished",
+                    hint="send the request again when the pool is back",
+                )
+            try:
+                if pipeline is None or (pipeline.retired and pipeline.switch) or not pipeline.alive:
+                    old, pipeline = pipeline, None
+                    pipeline, moved = await _move(pool, old, session_id, trace, pos, used)
+                    replayed += moved
+                logits = await run_step(pipeline, session_id, pos, x, trace)
+            except StageFailed as exc:
+                recoveries += 1
+                log.warning("session %s: %s; recovering (%d)", session_id[:8], exc, recoveries)
+                pool.report_failure(getattr(exc, "link", None), str(exc))
+                if recoveries > pool.config.recovery_attempts:
+                    raise RequestFailed(
+                        f"gave up after {recoveries - 1} recoveries: {exc}", hint="the pool is unstable; try again"
+                    ) from exc
+                if pipeline is not None:
+                    pipeline.retired, pipeline.switch = True, True
+                continue
             pos += x.numel()
             token = sampler.sample(logits)
             produced += 1
@@ -131,9 +225,43 @@ async def generate(
             time_to_first_token_s=first - started,
             decode_tokens_per_s=(produced - 1) / decode_s if produced > 1 and decode_s > 0 else 0.0,
             total_s=ended - started,
+            recoveries=recoveries,
+            replayed_steps=replayed,
         )
         yield TokenEvent(-1, tail, finish_reason=finish, usage=usage)
     finally:
-        pool.release_pipeline(pipeline)
-        for stage in pipeline.stages:
-            await stage.link.end_session(session_id)
+        if pipeline is not None:
+            pool.release_pipeline(pipeline)
+        ended_on: set[tuple[str, str]] = set()
+        for p in used:
+            for stage in p.stages:
+                key = (stage.link.node_id, stage.assignment_id)
+                if key not in ended_on:
+                    ended_on.add(key)
+                    await stage.link.end_session(session_id)
+
+
+async def _move(
+    pool: Pool, old: LivePipeline | None, session_id: str, trace: SessionTrace, pos: int, used: list[LivePipeline]
+) -> tuple[LivePipeline, int]:
+    """Leave ``old`` for a pipeline in service, rebuilding what the session had; returns it and the steps replayed."""
+    holders = _holders(old)
+    if old is not None:
+        pool.release_pipeline(old)
+    deadline = time.monotonic() + pool.config.request_wait_s
+    try:
+        new = await pool.acquire_pipeline(deadline=deadline)
+    except PoolUnavailable as exc:
+        raise RequestFailed(f"the session could not continue: {exc.message}", hint=exc.hint) from exc
+    used.append(new)
+    try:
+        replayed = await rebuild(new, holders, session_id, trace, pos)
+    except BaseException:
+        pool.release_pipeline(new)
+        raise
+    if replayed:
+        pool.events.add("replay", f"session {session_id[:8]} moved at token {pos}: {replayed} steps replayed")
+    return new, replayed
+
+
+__all__ = ["Stage", "TokenEvent", "Usage", "SessionTrace", "generate", "rebuild", "run_step"]

@@ -14,7 +14,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -22,6 +22,10 @@ import torch
 from core.errors import ButterflyError, ProtocolViolation, StageFailed
 from core.protocol.messages import (
     Assign,
+    LinkProbe,
+    LinkProbeAck,
+    ModelInfo,
+    ProfileUpdate,
     Bye,
     Drain,
     EndSession,
@@ -39,6 +43,7 @@ from core.protocol.messages import (
 )
 from core.transport import Channel, ChannelClosed
 from core.types import HardwareProfile, LayerRange, NodeId
+from server.health import StepTimes, stall_timeout_s
 
 if TYPE_CHECKING:
     from core.store.store import StoredModel
@@ -56,6 +61,14 @@ class LoadState:
     done_bytes: int = 0
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     load_seconds: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    future: asyncio.Future[StepResult]
+    sent_at: float
+    tokens: int
+    layers: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +103,11 @@ class VolunteerLink:
         self.model = model
         self.step_timeout_s = step_timeout_s
         self._on_event = on_event
-        self._pending: dict[int, tuple[asyncio.Future[StepResult], float]] = {}
+        self._pending: dict[int, _Pending] = {}
+        self._probes: dict[int, asyncio.Future[float]] = {}
+        self.times = StepTimes()
+        self.profiled = asyncio.Event()
+        self.stall_ceiling_s = step_timeout_s
         self._step_ids = itertools.count(1)
         self._hb_seq = itertools.count(1)
         self.loads: dict[str, LoadState] = {}
@@ -101,6 +118,7 @@ class VolunteerLink:
         self.closed = asyncio.Event()
         self.close_reason = ""
         self.steps_served = 0
+        self.tokens_served = 0
         self.compute_s_total = 0.0
 
     # --- outgoing -------------------------------------------------------------------
@@ -112,27 +130,83 @@ class VolunteerLink:
         await self.channel.send(msg)
         return state
 
+    def step_timeout(self, *, tokens: int, layers: int) -> float:
+        """How long a step may take before this volunteer counts as stalled."""
+        expected = self.times.expected_s(tokens=tokens, layers=layers, fallback_s_per_layer=self.profile.seconds_per_layer)
+        return stall_timeout_s(expected, rtt_s=self.rtt_s or 0.0, ceiling_s=self.stall_ceiling_s)
+
     async def forward(self, *, session_id: str, assignment_id: str, start_pos: int, x: torch.Tensor) -> StepResult:
-        """Run one step on this volunteer's stage and wait for its output."""
+        """Run one step on this volunteer's stage and wait for its output.
+
+        Raises :class:`StageFailed` when the volunteer is gone, reports an error for the
+        step, or stalls (then the link is closed: a frozen volunteer is dropped).
+        """
+        (result,) = await self.forward_many(session_id=session_id, assignment_id=assignment_id, steps=[(start_pos, x)])
+        return result
+
+    async def forward_many(
+        self, *, session_id: str, assignment_id: str, steps: list[tuple[int, torch.Tensor]]
+    ) -> list[StepResult]:
+        """Send several steps of one session back to back (a replay), then wait for all results."""
         if self.closed.is_set():
             raise StageFailed(f"volunteer {self.name} is gone: {self.close_reason}")
-        step_id = next(self._step_ids)
-        fut: asyncio.Future[StepResult] = asyncio.get_running_loop().create_future()
-        sent_at = time.perf_counter()
-        self._pending[step_id] = (fut, sent_at)
+        state = self.loads.get(assignment_id)
+        layers = len(state.layers) if state is not None else 1
+        loop = asyncio.get_running_loop()
+        ids: list[int] = []
+        timeout = 0.0
         try:
-            await self.channel.send(
-                Forward(step_id=step_id, session_id=session_id, assignment_id=assignment_id, start_pos=start_pos, x=x)
-            )
-            return await asyncio.wait_for(fut, self.step_timeout_s)
+            for start_pos, x in steps:
+                step_id = next(self._step_ids)
+                tokens = int(x.shape[0])
+                self._pending[step_id] = _Pending(loop.create_future(), time.perf_counter(), tokens, layers)
+                ids.append(step_id)
+                timeout += self.step_timeout(tokens=tokens, layers=layers)
+                await self.channel.send(
+                    Forward(step_id=step_id, session_id=session_id, assignment_id=assignment_id, start_pos=start_pos, x=x)
+                )
+            futures = [self._pending[i].future for i in ids]
+            return list(await asyncio.wait_for(asyncio.gather(*futures), min(timeout, self.stall_ceiling_s * len(ids))))
         except TimeoutError:
-            raise StageFailed(
-                f"volunteer {self.name} took longer than {self.step_timeout_s:.0f} s for one step"
-            ) from None
+            self.close_reason = f"stalled: no answer within {timeout:.1f} s"
+            asyncio.create_task(self.channel.close(4002, "stalled"))
+            raise StageFailed(f"volunteer {self.name} stalled (no answer within {timeout:.1f} s)") from None
         except (ChannelClosed, ConnectionError) as exc:
             raise StageFailed(f"volunteer {self.name} disconnected: {exc}") from exc
         finally:
-            self._pending.pop(step_id, None)
+            for i in ids:
+                pending = self._pending.pop(i, None)
+                if pending is not None and not pending.future.done():
+                    pending.future.cancel()
+
+    async def send_model_info(self, *, model_id: str, model_name: str, hf_config: dict, dtype: str) -> None:
+        """Tell the volunteer which model the pool runs, so it can benchmark a real layer of it."""
+        await self.channel.send(ModelInfo(model_id=model_id, model_name=model_name, hf_config=hf_config, dtype=dtype))
+
+    async def measure_link(self, *, probe_bytes: int = 1 * 2**20, timeout_s: float = 10.0) -> None:
+        """Measure round-trip time and throughput with a tiny and a large probe (best of two)."""
+        try:
+            rtts, bigs = [], []
+            for _ in range(2):
+                rtts.append(await self._probe(1, timeout_s))
+                bigs.append(await self._probe(probe_bytes, timeout_s))
+            rtt = min(rtts)
+            transfer = max(min(bigs) - rtt, 1e-6)
+            self.rtt_s = rtt
+            self.profile = replace(self.profile, rtt_s=rtt, bandwidth_bytes_per_s=probe_bytes / transfer)
+        except (TimeoutError, ChannelClosed, ConnectionError, ProtocolViolation):
+            log.info("could not measure the link to %s", self.name)
+
+    async def _probe(self, nbytes: int, timeout_s: float) -> float:
+        seq = next(self._hb_seq)
+        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._probes[seq] = fut
+        try:
+            payload = torch.zeros(nbytes, dtype=torch.uint8)
+            await self.channel.send(LinkProbe(seq=seq, sent_at=time.monotonic(), payload=payload))
+            return await asyncio.wait_for(fut, timeout_s)
+        finally:
+            self._probes.pop(seq, None)
 
     async def end_session(self, session_id: str) -> None:
         """Tell the volunteer it may free the session's KV cache (best effort)."""
@@ -179,14 +253,15 @@ class VolunteerLink:
 
     async def _dispatch(self, msg: object) -> None:
         if isinstance(msg, Result):
-            entry = self._pending.get(msg.step_id)
-            if entry is None:
-                return  # a step we gave up on (timeout) answered late: drop it
-            fut, sent_at = entry
-            if not fut.done():
-                self.steps_served += 1
-                self.compute_s_total += msg.compute_s
-                fut.set_result(StepResult(msg.y, msg.compute_s, time.perf_counter() - sent_at))
+            pending = self._pending.get(msg.step_id)
+            if pending is None:
+                return  # a step we gave up on answered late: drop it
+            self.steps_served += 1
+            self.tokens_served += pending.tokens
+            self.compute_s_total += msg.compute_s
+            self.times = self.times.observe(compute_s=msg.compute_s, tokens=pending.tokens, layers=pending.layers)
+            if not pending.future.done():
+                pending.future.set_result(StepResult(msg.y, msg.compute_s, time.perf_counter() - pending.sent_at))
         elif isinstance(msg, FetchTensor):
             await self._serve_fetch(msg)
         elif isinstance(msg, LoadProgress):
@@ -201,6 +276,15 @@ class VolunteerLink:
                 state.load_seconds = msg.load_seconds
                 state.ready.set()
             self._on_event(self, msg)
+        elif isinstance(msg, ProfileUpdate):
+            measured = (self.profile.rtt_s, self.profile.bandwidth_bytes_per_s)
+            self.profile = replace(msg.profile, node_id=self.node_id, rtt_s=measured[0], bandwidth_bytes_per_s=measured[1])
+            self.profiled.set()
+            self._on_event(self, msg)
+        elif isinstance(msg, LinkProbeAck):
+            probe = self._probes.get(msg.seq)
+            if probe is not None and not probe.done():
+                probe.set_result(max(0.0, time.monotonic() - msg.sent_at))
         elif isinstance(msg, HeartbeatAck):
             self.rtt_s = max(0.0, time.monotonic() - msg.sent_at)
         elif isinstance(msg, Heartbeat):
@@ -209,10 +293,10 @@ class VolunteerLink:
             self.draining = True
             self._on_event(self, msg)
         elif isinstance(msg, Error):
-            entry = self._pending.get(msg.step_id) if msg.step_id is not None else None
-            if entry is not None:
-                if not entry[0].done():
-                    entry[0].set_exception(StageFailed(f"volunteer {self.name} failed a step: {msg.message}", hint=msg.hint))
+            pending = self._pending.get(msg.step_id) if msg.step_id is not None else None
+            if pending is not None:
+                if not pending.future.done():
+                    pending.future.set_exception(StageFailed(f"volunteer {self.name} failed a step: {msg.message}", hint=msg.hint))
                 return
             log.warning("volunteer %s reported: %s", self.name, msg.message)
             self._on_event(self, msg)
@@ -237,8 +321,11 @@ class VolunteerLink:
 
     def _shutdown(self) -> None:
         self.closed.set()
-        for fut, _ in list(self._pending.values()):
-            if not fut.done():
-                fut.set_exception(StageFailed(f"volunteer {self.name} disconnected: {self.close_reason}"))
+        for pending in list(self._pending.values()):
+            if not pending.future.done():
+                pending.future.set_exception(StageFailed(f"volunteer {self.name} disconnected: {self.close_reason}"))
         self._pending.clear()
+        for probe in self._probes.values():
+            if not probe.done():
+                probe.set_exception(ChannelClosed("closed"))
         self._on_event(self, "closed")

@@ -1,10 +1,18 @@
 """The coordinator's pool: volunteers in, a plan out, pipelines that serve sessions.
 
-The pool reacts to events (a volunteer joined, finished loading, drained, left) by
-re-planning with the pure :func:`server.planner.plan`. A new plan is *prepared* while the
-old one keeps serving: its volunteers load their layers, and only when every stage
-reports ready does the pool switch new sessions to it (make-before-break). Sessions keep
-the pipeline they started on until they end.
+The pool reacts to events — a volunteer joined (and reported its measured profile),
+drained, left, or has run persistently slower or faster than planned — by re-planning
+with the pure :func:`server.planner.plan`. It switches only for a real gain
+(:func:`server.planner.should_replan`, hysteresis), or when the current plan is broken.
+
+Switching is make-before-break: the new plan's volunteers load their layers while the
+old pipelines keep serving (a volunteer that already holds the same range keeps its
+assignment and its caches); only when every new stage is ready do new sessions go to
+the new pipelines. Running sessions move at their next token boundary
+(:mod:`server.generation` rebuilds the caches of the stages that changed by replaying
+recorded inputs). Pipelines that lose a volunteer are retired at once; pipelines that
+hold a *draining* volunteer finish their running sessions first, so a graceful leave
+replays nothing. Assignments no pipeline uses any more are dropped (``Unassign``).
 """
 
 from __future__ import annotations
@@ -14,15 +22,17 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from core.errors import InsufficientCapacity, PoolUnavailable
-from core.protocol.messages import Assign, Drain, TensorSpec
-from core.types import NodeId, Plan
 from core.model.weights import shard_tensor_names
+from core.protocol.messages import Assign, Drain, ProfileUpdate, TensorSpec
+from core.types import LayerRange, NodeId, Plan
+from server.health import MIN_SAMPLES, SpeedWatch
 from server.links import VolunteerLink
 from server.planner import plan as make_plan
+from server.planner import should_replan, with_estimates
 from server.routing import route
 
 if TYPE_CHECKING:
@@ -30,6 +40,11 @@ if TYPE_CHECKING:
     from server.config import CoordinatorConfig
 
 log = logging.getLogger(__name__)
+
+PROFILE_WAIT_S = 60.0
+"""A volunteer that never reports a measured profile is planned with its join profile after this."""
+WATCH_INTERVAL_S = 0.25
+"""How often observed speeds are compared with the plan."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,15 +59,27 @@ class Stage:
 
 @dataclass(slots=True, eq=False)
 class LivePipeline:
-    """A ready pipeline and the sessions currently running on it."""
+    """A ready pipeline and the sessions currently running on it.
+
+    ``retired`` is set when the pool no longer sends new sessions here; ``switch``
+    says whether running sessions should move at their next token (re-plan, failure)
+    or may finish here (a draining volunteer).
+    """
 
     stages: tuple[Stage, ...]
     bottleneck_s: float
     sessions: int = 0
+    retired: bool = False
+    switch: bool = False
 
     @property
     def alive(self) -> bool:
         return all(not s.link.closed.is_set() for s in self.stages)
+
+    @property
+    def boundaries(self) -> tuple[int, ...]:
+        """The layer index where each stage starts."""
+        return tuple(s.start for s in self.stages)
 
     def describe(self) -> list[dict[str, object]]:
         return [
@@ -89,49 +116,90 @@ class Pool:
         self.links: dict[NodeId, VolunteerLink] = {}
         self.plan: Plan = Plan()
         self.pipelines: list[LivePipeline] = []
+        self.retired: list[LivePipeline] = []
         self.events = PoolEventLog()
         self.ready = asyncio.Event()
         self.last_error: str | None = None
+        self.replans = 0
+        self.failures = 0
+        self.closing = False
+        self.departed: list[VolunteerLink] = []  # closed links whose last contributions are not yet recorded
+        self._last_switch = float("-inf")
+        self._planned_speed: dict[NodeId, float] = {}
+        self._watches: dict[NodeId, SpeedWatch] = {}
         self._changed = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     # --- lifecycle -------------------------------------------------------------------
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._plan_loop(), name="pool-planner")
+        self._tasks.append(asyncio.create_task(self._plan_loop(), name="pool-planner"))
+        self._tasks.append(asyncio.create_task(self._watch_loop(), name="pool-speed-watch"))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             try:
-                await self._task
+                await task
             except asyncio.CancelledError:
                 pass
 
     # --- events from links -----------------------------------------------------------
 
     def add(self, link: VolunteerLink) -> None:
+        if link.closed.is_set():
+            return
         old = self.links.get(link.node_id)
         if old is not None and not old.closed.is_set():
             log.info("volunteer %s reconnected; dropping its old connection", link.name)
             asyncio.create_task(old.channel.close(4000, "replaced by a new connection"))
         self.links[link.node_id] = link
         self.events.add("join", f"{link.name} joined ({link.profile.device}, {link.profile.memory_bytes / 2**30:.1f} GiB)")
-        self._changed.set()
+        asyncio.create_task(self._profile_deadline(link))
+
+    async def _profile_deadline(self, link: VolunteerLink) -> None:
+        try:
+            await asyncio.wait_for(link.profiled.wait(), PROFILE_WAIT_S)
+        except TimeoutError:
+            log.warning("%s sent no measured profile; planning with its join profile", link.name)
+            link.profiled.set()
+            self._changed.set()
 
     def on_link_event(self, link: VolunteerLink, event: object) -> None:
         if event == "closed":
             if self.links.get(link.node_id) is link:
                 del self.links[link.node_id]
-            self.events.add("leave", f"{link.name} left: {link.close_reason}")
-            self._drop_dead_pipelines()
+            self.departed.append(link)
+            used = any(s.link is link for p in self.pipelines + self.retired for s in p.stages)
+            if used:
+                self.failures += 1
+            self.events.add("failure" if used and not link.draining else "leave", f"{link.name} left: {link.close_reason}")
+            for p in self.pipelines:
+                if not p.alive:
+                    p.retired, p.switch = True, True
+            self._prune()
             self._changed.set()
         elif isinstance(event, Drain):
             self.events.add("drain", f"{link.name} is draining: {event.reason}")
+            for p in self.pipelines:
+                if any(s.link is link for s in p.stages):
+                    p.retired = True
+            self._prune()
+            self._changed.set()
+        elif isinstance(event, ProfileUpdate):
+            self.events.add(
+                "benchmark",
+                f"{link.name}: {link.profile.seconds_per_layer * 1000:.2f} ms per layer, "
+                f"rtt {link.profile.rtt_s * 1000:.1f} ms",
+            )
             self._changed.set()
 
-    def _drop_dead_pipelines(self) -> None:
-        self.pipelines = [p for p in self.pipelines if p.alive]
+    def _prune(self) -> None:
+        """Move retired pipelines out of service; forget them once no session uses them."""
+        self.retired.extend(p for p in self.pipelines if p.retired)
+        self.pipelines = [p for p in self.pipelines if not p.retired]
+        self.retired = [p for p in self.retired if p.sessions > 0]
         if not self.pipelines:
             self.ready.clear()
 
@@ -144,79 +212,97 @@ class Pool:
             self._changed.clear()
             try:
                 await self._replan_if_needed()
+                await self._release_drained()
+                await self._collect_assignments()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the loop must survive a bad round
                 log.exception("planning failed")
                 self.last_error = str(exc)
-            await self._release_drained()
 
     def _candidates(self) -> list[VolunteerLink]:
-        return [l for l in self.links.values() if not l.draining and not l.closed.is_set()]
+        return [
+            l for l in self.links.values()
+            if not l.draining and not l.closed.is_set() and l.profiled.is_set()
+        ]
+
+    def _profiles(self) -> dict[NodeId, object]:
+        return {l.node_id: l.profile for l in self.links.values() if not l.closed.is_set() and not l.draining}
 
     async def _replan_if_needed(self) -> None:
         candidates = self._candidates()
-        healthy = bool(self.pipelines) and all(
-            not s.link.draining and not s.link.closed.is_set() for p in self.pipelines for s in p.stages
-        )
-        if healthy:
+        serving = bool(self.pipelines)
+        if len(candidates) < self.config.min_volunteers and self.replans == 0:
+            self.last_error = f"waiting for volunteers: {len(candidates)} of {self.config.min_volunteers} ready"
             return
-        if len(candidates) < self.config.min_volunteers:
-            self.last_error = (
-                f"waiting for volunteers: {len(candidates)} of {self.config.min_volunteers} connected"
-            )
+        if not candidates:
             return
         try:
-            new_plan = make_plan(self.spec, [l.profile for l in candidates])
+            candidate = make_plan(self.spec, [l.profile for l in candidates], max_pipelines=self.config.max_pipelines)
         except InsufficientCapacity as exc:
             self.last_error = str(exc)
-            self.events.add("capacity", str(exc))
-            log.warning("%s", exc)
+            if not serving:
+                self.events.add("capacity", str(exc))
+                log.warning("%s", exc)
             return
-        live = await self._activate(new_plan)
-        if live:
-            self.plan = new_plan
-            self.pipelines = live
-            self.last_error = None
-            self.ready.set()
-            self.events.add("plan", "plan: " + ", ".join(
-                f"{s.link.name} [{s.start}, {s.end})" for p in live for s in p.stages
-            ))
+        if serving:
+            wait = self._last_switch + self.config.rebalance_cooldown_s - time.monotonic()
+            if wait > 0:  # optional re-plans are rate-limited so the pool does not thrash
+                asyncio.get_running_loop().call_later(wait, self._changed.set)
+                return
+            current = with_estimates(self.spec, Plan(tuple(_as_plan_pipeline(p) for p in self.pipelines)), self._profiles())
+            if not should_replan(current, candidate, min_gain=self.config.min_gain):
+                return
+        live = await self._activate(candidate)
+        if not live:
+            return
+        for p in self.pipelines:
+            p.retired, p.switch = True, True
+        self._prune()  # the old pipelines finish or move their running sessions
+        self.pipelines = live
+        self.plan = candidate
+        self.replans += 1
+        self._last_switch = time.monotonic()
+        self.last_error = None
+        self._planned_speed = {s.link.node_id: s.link.profile.seconds_per_layer for p in live for s in p.stages}
+        self._watches = {}
+        self.ready.set()
+        self.events.add("rebalance" if self.replans > 1 else "plan", "plan: " + "; ".join(
+            ", ".join(f"{s.link.name} [{s.start}, {s.end})" for s in p.stages) for p in live
+        ))
 
     async def _activate(self, new_plan: Plan) -> list[LivePipeline]:
-        """Assign every stage of ``new_plan`` and wait until all are loaded."""
+        """Make every stage of ``new_plan`` ready (reusing loaded assignments); [] if that fails."""
         pending: list[tuple[int, Stage, asyncio.Event]] = []
         for index, pipeline in enumerate(new_plan.pipelines):
-            for stage in pipeline.stages:
-                link = self.links.get(stage.node_id)
-                if link is None:
+            for planned in pipeline.stages:
+                link = self.links.get(planned.node_id)
+                if link is None or link.closed.is_set():
+                    self._changed.set()
                     return []
-                assignment = self._assignment(stage.layers.start, stage.layers.end)
+                reuse = next(
+                    (s for s in link.loads.values() if s.layers == planned.layers and s.ready.is_set()), None
+                )
+                if reuse is not None:
+                    stage = Stage(link, reuse.assignment_id, planned.layers.start, planned.layers.end)
+                    pending.append((index, stage, reuse.ready))
+                    continue
+                assignment = self._assignment(planned.layers)
                 state = await link.assign(assignment)
-                pending.append((index, Stage(link, assignment.assignment_id, stage.layers.start, stage.layers.end), state.ready))
-        waits = [asyncio.create_task(ev.wait()) for _, _, ev in pending]
-        closed = [asyncio.create_task(s.link.closed.wait()) for _, s, _ in pending]
-        try:
-            done, _ = await asyncio.wait(
-                [asyncio.gather(*waits), *closed], return_when=asyncio.FIRST_COMPLETED, timeout=600
-            )
-        finally:
-            for t in waits + closed:
-                t.cancel()
+                pending.append((index, Stage(link, assignment.assignment_id, planned.layers.start, planned.layers.end), state.ready))
+        await _wait_all_ready(
+            [ev for _, _, ev in pending], [s.link.closed for _, s, _ in pending], timeout_s=self.config.load_timeout_s
+        )
         if any(s.link.closed.is_set() for _, s, _ in pending) or not all(ev.is_set() for _, _, ev in pending):
-            self.events.add("plan", "a volunteer left while loading; planning again")
+            self.events.add("plan", "a volunteer left or failed while loading; planning again")
             self._changed.set()
             return []
-        live = []
-        for index, pipeline in enumerate(new_plan.pipelines):
-            stages = tuple(s for i, s, _ in pending if i == index)
-            live.append(LivePipeline(stages, pipeline.bottleneck_s))
-        return live
+        return [
+            LivePipeline(tuple(s for i, s, _ in pending if i == index), pipeline.bottleneck_s)
+            for index, pipeline in enumerate(new_plan.pipelines)
+        ]
 
-    def _assignment(self, start: int, end: int) -> Assign:
-        from core.types import LayerRange
-
-        layers = LayerRange(start, end, self.model_config.num_layers)
+    def _assignment(self, layers: LayerRange) -> Assign:
         names = shard_tensor_names(self.model_config, layers)
         entries = [self.model.manifest.tensors[n] for n in names]
         return Assign(
@@ -230,30 +316,63 @@ class Pool:
             max_tokens=self.config.context_tokens,
         )
 
+    async def _collect_assignments(self) -> None:
+        """Drop assignments that no pipeline in service or still finishing uses."""
+        used = {(s.link.node_id, s.assignment_id) for p in self.pipelines + self.retired for s in p.stages}
+        for link in list(self.links.values()):
+            for aid, state in list(link.loads.items()):
+                if (link.node_id, aid) not in used and state.ready.is_set():
+                    await link.unassign(aid)
+
     async def _release_drained(self) -> None:
         """Let draining volunteers go once no running session needs them.
 
         By now a replacement plan without them is live if the rest of the pool can hold the
-        model; if it cannot, their pipelines are retired anyway (the volunteer asked to
-        leave) and new requests wait for capacity.
+        model; if it cannot, new requests wait for capacity.
         """
         for link in [l for l in self.links.values() if l.draining and not l.closed.is_set()]:
-            if any(p.sessions for p in self.pipelines for s in p.stages if s.link is link):
+            if any(p.sessions for p in self.pipelines + self.retired for s in p.stages if s.link is link):
                 self._changed.set()  # look again when its sessions end
                 continue
-            self.pipelines = [p for p in self.pipelines if all(s.link is not link for s in p.stages)]
-            if not self.pipelines:
-                self.ready.clear()
             self.events.add("leave", f"{link.name} drained and was released")
             await link.channel.bye("drained")
 
+    # --- observed speed ----------------------------------------------------------------
+
+    async def _watch_loop(self) -> None:
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            self.check_speeds(now=time.monotonic())
+
+    def check_speeds(self, *, now: float) -> None:
+        """Re-plan when a volunteer in the plan has run slower or faster than planned for a while."""
+        for node_id, planned in list(self._planned_speed.items()):
+            link = self.links.get(node_id)
+            if link is None or link.times.samples < MIN_SAMPLES:
+                continue
+            observed = link.times.decode_s_per_layer
+            watch, triggered = self._watches.get(node_id, SpeedWatch()).observe(planned_s=planned, observed_s=observed, now=now)
+            self._watches[node_id] = watch
+            if triggered and observed is not None:
+                link.profile = replace(link.profile, seconds_per_layer=observed)
+                self._planned_speed[node_id] = observed
+                direction = "slower" if observed > planned else "faster"
+                self.events.add(
+                    "slowdown" if observed > planned else "speedup",
+                    f"{link.name} runs {direction} than planned ({observed * 1000:.2f} vs {planned * 1000:.2f} ms per layer)",
+                )
+                self._changed.set()
+
     # --- sessions --------------------------------------------------------------------
 
-    async def acquire_pipeline(self) -> LivePipeline:
+    async def acquire_pipeline(self, *, deadline: float | None = None) -> LivePipeline:
         """The ready pipeline that will finish a new session soonest; waits (bounded) for one."""
-        deadline = time.monotonic() + self.config.request_wait_s
+        if deadline is None:
+            deadline = time.monotonic() + self.config.request_wait_s
         while True:
-            live = [p for p in self.pipelines if p.alive and not any(s.link.draining for s in p.stages)]
+            if self.closing:
+                raise PoolUnavailable("the coordinator is shutting down", hint="send the request again when the pool is back")
+            live = [p for p in self.pipelines if p.alive and not p.retired]
             if live:
                 index = route([(p.bottleneck_s, p.sessions) for p in live])
                 chosen = live[index]
@@ -268,14 +387,30 @@ class Pool:
                 )
             self.ready.clear()
             try:
-                await asyncio.wait_for(self.ready.wait(), min(left, 1.0))
+                await asyncio.wait_for(self.ready.wait(), min(left, 0.5))
             except TimeoutError:
                 pass
 
     def release_pipeline(self, pipeline: LivePipeline) -> None:
         pipeline.sessions = max(0, pipeline.sessions - 1)
-        if any(s.link.draining for s in pipeline.stages):
+        if pipeline.retired or any(s.link.draining for s in pipeline.stages):
+            self._prune()
             self._changed.set()
+
+    def report_failure(self, link: VolunteerLink | None, reason: str) -> None:
+        """A session saw a stage fail on ``link``: stop using that connection (it is closed).
+
+        The connection object is named, not the node: a volunteer that already came back
+        on a new connection must not be thrown out for its old one's failure.
+        """
+        if link is not None and not link.closed.is_set():
+            link.close_reason = reason
+            asyncio.create_task(link.channel.close(4005, "stage failed"))
+        for p in self.pipelines:
+            if link is not None and any(s.link is link for s in p.stages):
+                p.retired, p.switch = True, True
+        self._prune()
+        self._changed.set()
 
     # --- views -----------------------------------------------------------------------
 
@@ -285,6 +420,8 @@ class Pool:
             "model": {"id": self.model.manifest.model_id, "name": self.model.manifest.name, "layers": self.model_config.num_layers},
             "ready": bool(self.pipelines),
             "last_error": self.last_error,
+            "replans": self.replans,
+            "failures": self.failures,
             "volunteers": [
                 {
                     "node_id": l.node_id,
@@ -293,6 +430,7 @@ class Pool:
                     "device": l.profile.device,
                     "memory_bytes": l.profile.memory_bytes,
                     "seconds_per_layer": l.profile.seconds_per_layer,
+                    "observed_seconds_per_layer": l.times.decode_s_per_layer,
                     "rtt_ms": None if l.rtt_s is None else round(l.rtt_s * 1000, 3),
                     "draining": l.draining,
                     "steps": l.steps_served,
@@ -305,6 +443,29 @@ class Pool:
             "pipelines": [p.describe() for p in self.pipelines],
             "events": self.events.entries[-50:],
         }
+
+
+async def _wait_all_ready(ready: list[asyncio.Event], closed: list[asyncio.Event], *, timeout_s: float) -> None:
+    """Wait until every ``ready`` event is set, any ``closed`` event is set, or the timeout passes."""
+    deadline = time.monotonic() + timeout_s
+    while not all(ev.is_set() for ev in ready) and not any(ev.is_set() for ev in closed):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        tasks = [asyncio.create_task(ev.wait()) for ev in ready if not ev.is_set()]
+        tasks += [asyncio.create_task(ev.wait()) for ev in closed]
+        try:
+            await asyncio.wait(tasks, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+
+
+def _as_plan_pipeline(p: LivePipeline):  # noqa: ANN202 - core.types.Pipeline
+    from core.types import Pipeline, StageAssignment
+
+    total = p.stages[-1].end
+    return Pipeline(tuple(StageAssignment(s.link.node_id, LayerRange(s.start, s.end, total)) for s in p.stages))
 
 
 def _torch_dtype(name: str):  # noqa: ANN202 - torch is imported lazily for start-up time

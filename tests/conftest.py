@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -91,6 +92,7 @@ class LivePool:
     coordinator: object
     procs: list[subprocess.Popen] = field(default_factory=list)
     data_dir: Path | None = None
+    by_name: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def spawn_volunteer(self, name: str, *, invite: str, extra: tuple[str, ...] = (), threads: int = 1) -> subprocess.Popen:
         assert self.data_dir is not None
@@ -98,9 +100,10 @@ class LivePool:
             sys.executable, "-m", "cli", "volunteer", "--invite", invite, "--name", name,
             "--data-dir", str(self.data_dir / name), "--threads", str(threads), *extra,
         ]
-        log = open(self.data_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        log = open(self.data_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=volunteer_env())
         self.procs.append(proc)
+        self.by_name[name] = proc
         return proc
 
     def logs(self) -> str:
@@ -128,7 +131,9 @@ def volunteer_env() -> dict[str, str]:
 
 
 @asynccontextmanager
-async def live_pool(model, tmp_path: Path, *, volunteers: int, **config) -> AsyncIterator[LivePool]:  # noqa: ANN001
+async def live_pool(
+    model, tmp_path: Path, *, volunteers: int, volunteer_args: tuple[str, ...] = (), **config  # noqa: ANN001
+) -> AsyncIterator[LivePool]:
     """Start a coordinator on 127.0.0.1 (any free port) and ``volunteers`` volunteer processes."""
     from server.config import CoordinatorConfig
     from server.coordinator import Coordinator
@@ -140,17 +145,20 @@ async def live_pool(model, tmp_path: Path, *, volunteers: int, **config) -> Asyn
     pool = LivePool(coordinator, data_dir=tmp_path)
     invite = coordinator.invite(ttl_s=600)
     for i in range(volunteers):
-        pool.spawn_volunteer(f"v{i + 1}", invite=invite)
+        pool.spawn_volunteer(f"v{i + 1}", invite=invite, extra=volunteer_args)
     try:
         yield pool
     finally:
-        await coordinator.stop()
+        for p in pool.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)  # drain and leave for good
         for p in pool.procs:
             try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
+                await asyncio.wait_for(asyncio.to_thread(p.wait), 20)
+            except TimeoutError:
                 p.kill()
                 p.wait(timeout=5)
+        await coordinator.stop()
 
 
 @pytest.fixture

@@ -671,6 +671,54 @@ class SetSlowdown(Message):
 
 @_message
 @dataclass(frozen=True, slots=True)
+class ModelInfo(Message):
+    """Coordinator -> volunteer, after Accepted: the pool's model, so the volunteer can
+    benchmark a real layer of it in the compute dtype before the pool plans."""
+
+    KIND: ClassVar[str] = "model_info"
+    model_id: Annotated[str, _Text(256, min_chars=1)]
+    model_name: Name
+    hf_config: Annotated[dict[str, Any], _Config()]
+    dtype: Annotated[str, _Choice("float32", "bfloat16", "float16")]
+
+
+@_message
+@dataclass(frozen=True, slots=True)
+class ProfileUpdate(Message):
+    """Volunteer -> coordinator: what this machine offers, measured on the pool's model."""
+
+    KIND: ClassVar[str] = "profile_update"
+    profile: Annotated[HardwareProfile, _PROFILE]
+
+
+MAX_PROBE_BYTES: int = 4 * 2**20
+"""The largest payload one LinkProbe may carry."""
+
+
+@_message
+@dataclass(frozen=True, slots=True)
+class LinkProbe(Message):
+    """Coordinator -> volunteer: a payload to time the link's throughput (answered at once)."""
+
+    KIND: ClassVar[str] = "link_probe"
+    seq: Count
+    sent_at: Annotated[float, _Real()]
+    payload: Annotated[torch.Tensor, _Tensor(torch.uint8, ndim=(1, 1), max_numel=MAX_PROBE_BYTES)]
+
+
+@_message
+@dataclass(frozen=True, slots=True)
+class LinkProbeAck(Message):
+    """Volunteer -> coordinator: a probe arrived; echoes its ``seq`` and ``sent_at``."""
+
+    KIND: ClassVar[str] = "link_probe_ack"
+    seq: Count
+    sent_at: Annotated[float, _Real()]
+    received_bytes: ByteCount
+
+
+@_message
+@dataclass(frozen=True, slots=True)
 class Drain(Message):
     """Either way: the sender is winding down; finish what is running, start nothing new."""
 

@@ -39,8 +39,12 @@ from core.protocol.messages import (
     Heartbeat,
     HeartbeatAck,
     Hello,
+    LinkProbe,
+    LinkProbeAck,
     LoadProgress,
     Message,
+    ModelInfo,
+    ProfileUpdate,
     Ready,
     Result,
     SetSlowdown,
@@ -98,6 +102,7 @@ _SENDER: dict[type[Message], Role | None] = {
     Hello: _V, Challenge: _C, Auth: _V, Accepted: _C,
     Assign: _C, Unassign: _C, FetchTensor: _V, TensorChunk: _C, LoadProgress: _V, Ready: _V,
     Forward: _C, Result: _V, EndSession: _C, SetSlowdown: _C,
+    ModelInfo: _C, ProfileUpdate: _V, LinkProbe: _C, LinkProbeAck: _V,
     Heartbeat: None, HeartbeatAck: None, Drain: None, Error: None, Bye: None,
 }
 """Who may send each message (None: either side)."""
@@ -292,8 +297,10 @@ class ProtocolConnection:
                 self._coordinator_drained = True
             else:
                 self._volunteer_drained = True
-        else:  # EndSession, Heartbeat, HeartbeatAck, SetSlowdown: legal any time after auth
-            assert isinstance(msg, (EndSession, Heartbeat, HeartbeatAck, SetSlowdown)), kind
+        else:  # legal any time after auth
+            assert isinstance(
+                msg, (EndSession, Heartbeat, HeartbeatAck, SetSlowdown, ModelInfo, ProfileUpdate, LinkProbe, LinkProbeAck)
+            ), kind
 
     def _require_assignment(self, kind: str, assignment_id: str, *, lenient: bool) -> None:
         known = self._assigned if lenient else self._active

@@ -18,6 +18,10 @@ from tests.conftest import live_pool
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 NEW_TOKENS = 40
+# Memory caps that make the planner use every volunteer, whatever the measured speeds:
+TWO_TINY_LAYERS = ("--memory-gb", "0.0095")  # ~10 MB: two layers of the tiny model with their KV budget
+THREE_TINY_LAYERS = ("--memory-gb", "0.014")
+TWELVE_SMOLLM_LAYERS = ("--memory-gb", "0.5")  # 30 layers need three volunteers
 
 
 def hf_greedy(model_dir: Path, prompt_ids: list[int], new_tokens: int) -> list[int]:
@@ -54,7 +58,7 @@ async def pipeline_tokens(pool, prompt_ids: list[int], new_tokens: int, **params
 async def test_three_volunteers_match_transformers_on_random_gqa_llama(tiny_model, tmp_path: Path) -> None:
     prompt = [0, 17, 93, 5, 250, 42, 7, 300, 11]
     expected = hf_greedy(tiny_model.path, prompt, NEW_TOKENS)
-    async with live_pool(tiny_model, tmp_path, volunteers=3) as pool:
+    async with live_pool(tiny_model, tmp_path, volunteers=3, volunteer_args=TWO_TINY_LAYERS) as pool:
         await pool.wait_ready(stages=3)
         stages = pool.coordinator.pool.pipelines[0].stages
         assert [(s.start, s.end) for s in stages][0][0] == 0 and stages[-1].end == 6
@@ -94,7 +98,7 @@ async def test_three_volunteers_match_transformers_on_default_model(default_mode
     )
     prompt = tokenizer.encode(text)
     expected = hf_greedy(default_model.path, prompt, NEW_TOKENS)
-    async with live_pool(default_model, tmp_path, volunteers=3) as pool:
+    async with live_pool(default_model, tmp_path, volunteers=3, volunteer_args=TWELVE_SMOLLM_LAYERS) as pool:
         await pool.wait_ready(stages=3)
         await assert_each_remote_stage_matches(pool, default_model.path, prompt)
         got = await pipeline_tokens(pool, prompt, NEW_TOKENS)
@@ -110,7 +114,7 @@ async def test_concurrent_sessions_each_match_their_solo_run(tiny_model, tmp_pat
     import asyncio
 
     prompts = [[0, 5, 6, 7], [0, 99, 98], [0, 200, 201, 202, 203, 204]]
-    async with live_pool(tiny_model, tmp_path, volunteers=2, max_sessions=8) as pool:
+    async with live_pool(tiny_model, tmp_path, volunteers=2, max_sessions=8, volunteer_args=THREE_TINY_LAYERS) as pool:
         await pool.wait_ready(stages=2)
         solo = [await pipeline_tokens(pool, p, 16, ignore_eos=True) for p in prompts]
         together = await asyncio.gather(*(pipeline_tokens(pool, p, 16, ignore_eos=True) for p in prompts))

@@ -1,0 +1,12 @@
+"""The wire protocol's version as a bare number, importable without numpy or torch.
+
+The desktop tray compares it with the version a pool advertises on the network before
+anything heavy is loaded. It must equal :data:`core.protocol.frames.PROTOCOL_VERSION`
+(a test checks they agree).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+PROTOCOL_VERSION: Final = 1

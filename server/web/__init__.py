@@ -1,0 +1,1 @@
+"""The live cluster map: pool telemetry, the page's data view and its routes."""

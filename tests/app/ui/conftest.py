@@ -1,0 +1,7 @@
+"""Qt tests run off-screen unless a test starts its own display."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
