@@ -48,7 +48,7 @@ class StepTimes:
     prefill_s_per_token_layer: float | None = None
     samples: int = 0
 
-    def observe(self, *, compute_s: float, tokens: int, layers: int) -> StepTimes:
+    def observe(self, *, compute_s: float, tokens: int, layers: float) -> StepTimes:
         """Fold in one step's measured compute time."""
         if tokens <= 0 or layers <= 0 or not math.isfinite(compute_s) or compute_s < 0:
             return self
@@ -57,7 +57,7 @@ class StepTimes:
             return replace(self, decode_s_per_layer=ema(self.decode_s_per_layer, per_layer), samples=self.samples + 1)
         return replace(self, prefill_s_per_token_layer=ema(self.prefill_s_per_token_layer, per_layer / tokens))
 
-    def expected_s(self, *, tokens: int, layers: int, fallback_s_per_layer: float) -> float:
+    def expected_s(self, *, tokens: int, layers: float, fallback_s_per_layer: float) -> float:
         """Expected compute time of a step of ``tokens`` tokens through ``layers`` layers."""
         decode = self.decode_s_per_layer if self.decode_s_per_layer is not None else fallback_s_per_layer
         if tokens <= 1:

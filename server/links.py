@@ -58,6 +58,7 @@ class LoadState:
     assignment_id: str
     layers: LayerRange
     total_bytes: int
+    cost_layers: float = 0.0  # compute cost in decoder-layer equivalents (the LM head counts too)
     done_bytes: int = 0
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     load_seconds: float | None = None
@@ -68,7 +69,8 @@ class _Pending:
     future: asyncio.Future[StepResult]
     sent_at: float
     tokens: int
-    layers: int
+    layers: float
+    replay: bool = False  # replayed steps run back to back: not a measure of serving speed
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,14 +125,19 @@ class VolunteerLink:
 
     # --- outgoing -------------------------------------------------------------------
 
-    async def assign(self, msg: Assign) -> LoadState:
-        """Send an assignment; the returned state's ``ready`` is set when the shard is loaded."""
-        state = LoadState(msg.assignment_id, msg.layers, sum(t.nbytes for t in msg.tensors))
+    async def assign(self, msg: Assign, *, cost_layers: float | None = None) -> LoadState:
+        """Send an assignment; the returned state's ``ready`` is set when the shard is loaded.
+
+        ``cost_layers`` is the stage's compute in layer equivalents (default: its layer count),
+        so observed step times compare with the benchmark's seconds per layer.
+        """
+        cost = float(len(msg.layers)) if cost_layers is None else cost_layers
+        state = LoadState(msg.assignment_id, msg.layers, sum(t.nbytes for t in msg.tensors), cost)
         self.loads[msg.assignment_id] = state
         await self.channel.send(msg)
         return state
 
-    def step_timeout(self, *, tokens: int, layers: int) -> float:
+    def step_timeout(self, *, tokens: int, layers: float) -> float:
         """How long a step may take before this volunteer counts as stalled."""
         expected = self.times.expected_s(tokens=tokens, layers=layers, fallback_s_per_layer=self.profile.seconds_per_layer)
         return stall_timeout_s(expected, rtt_s=self.rtt_s or 0.0, ceiling_s=self.stall_ceiling_s)
@@ -151,7 +158,7 @@ class VolunteerLink:
         if self.closed.is_set():
             raise StageFailed(f"volunteer {self.name} is gone: {self.close_reason}")
         state = self.loads.get(assignment_id)
-        layers = len(state.layers) if state is not None else 1
+        layers = state.cost_layers if state is not None else 1.0
         loop = asyncio.get_running_loop()
         ids: list[int] = []
         timeout = 0.0
@@ -159,7 +166,7 @@ class VolunteerLink:
             for start_pos, x in steps:
                 step_id = next(self._step_ids)
                 tokens = int(x.shape[0])
-                self._pending[step_id] = _Pending(loop.create_future(), time.perf_counter(), tokens, layers)
+                self._pending[step_id] = _Pending(loop.create_future(), time.perf_counter(), tokens, layers, len(steps) > 1)
                 ids.append(step_id)
                 timeout += self.step_timeout(tokens=tokens, layers=layers)
                 await self.channel.send(
@@ -259,7 +266,8 @@ class VolunteerLink:
             self.steps_served += 1
             self.tokens_served += pending.tokens
             self.compute_s_total += msg.compute_s
-            self.times = self.times.observe(compute_s=msg.compute_s, tokens=pending.tokens, layers=pending.layers)
+            if not pending.replay:
+                self.times = self.times.observe(compute_s=msg.compute_s, tokens=pending.tokens, layers=pending.layers)
             if not pending.future.done():
                 pending.future.set_result(StepResult(msg.y, msg.compute_s, time.perf_counter() - pending.sent_at))
         elif isinstance(msg, FetchTensor):

@@ -29,10 +29,10 @@ from core.errors import InsufficientCapacity, PoolUnavailable
 from core.model.weights import shard_tensor_names
 from core.protocol.messages import Assign, Drain, ProfileUpdate, TensorSpec
 from core.types import LayerRange, NodeId, Plan
-from server.health import MIN_SAMPLES, SpeedWatch
+from server.health import MIN_SAMPLES, SpeedWatch, StepTimes
 from server.links import VolunteerLink
 from server.planner import plan as make_plan
-from server.planner import should_replan, with_estimates
+from server.planner import head_layer_equivalent, should_replan, with_estimates
 from server.routing import route
 
 if TYPE_CHECKING:
@@ -266,6 +266,9 @@ class Pool:
         self.last_error = None
         self._planned_speed = {s.link.node_id: s.link.profile.seconds_per_layer for p in live for s in p.stages}
         self._watches = {}
+        for p in live:  # speeds are measured afresh on the new layer ranges
+            for s in p.stages:
+                s.link.times = StepTimes()
         self.ready.set()
         self.events.add("rebalance" if self.replans > 1 else "plan", "plan: " + "; ".join(
             ", ".join(f"{s.link.name} [{s.start}, {s.end})" for s in p.stages) for p in live
@@ -288,7 +291,8 @@ class Pool:
                     pending.append((index, stage, reuse.ready))
                     continue
                 assignment = self._assignment(planned.layers)
-                state = await link.assign(assignment)
+                cost = len(planned.layers) + (head_layer_equivalent(self.spec) if planned.layers.is_last else 0.0)
+                state = await link.assign(assignment, cost_layers=cost)
                 pending.append((index, Stage(link, assignment.assignment_id, planned.layers.start, planned.layers.end), state.ready))
         await _wait_all_ready(
             [ev for _, _, ev in pending], [s.link.closed for _, s, _ in pending], timeout_s=self.config.load_timeout_s

@@ -42,12 +42,13 @@ async def test_a_volunteer_slowed_4x_mid_generation_loses_layers_and_the_answer_
     tokenizer = default_model.tokenizer()
     prompt = tokenizer.encode(tokenizer.apply_chat_template([{"role": "user", "content": "Tell me a long story about a fox."}]))
     async with live_pool(
-        default_model, tmp_path, volunteers=3, min_gain=0.1, rebalance_cooldown_s=1.0, volunteer_args=("--memory-gb", "0.7")
+        default_model, tmp_path, volunteers=3, volunteer_args=("--memory-gb", "0.7")
     ) as pool:
         await pool.wait_ready()
         reference, _ = await run(pool, prompt, 40)
         victim = pool.coordinator.pool.pipelines[0].stages[1].link
         before = layers_of(pool, victim)
+        started = time.monotonic()
         task = asyncio.create_task(run(pool, prompt, 140))
         await asyncio.sleep(1.0)
         slowed_at = time.monotonic()
@@ -57,6 +58,8 @@ async def test_a_volunteer_slowed_4x_mid_generation_loses_layers_and_the_answer_
             await asyncio.sleep(0.1)
         lost_after = time.monotonic() - slowed_at
         tokens, usage = await task
+        events = [f"{e['kind']}: {e['text']}" for e in pool.coordinator.pool.events.entries]
+    print(f"slowed run took {time.monotonic() - started:.1f} s, layers moved after {lost_after:.1f} s", *events, sep="\n")
     assert layers_of(pool, victim) < before, f"still {before} layers after 60 s: {pool.coordinator.pool.events.entries[-5:]}"
     assert lost_after < 30, f"took {lost_after:.1f} s to move layers off the slow volunteer"
     assert "slowdown" in event_kinds(pool) and "rebalance" in event_kinds(pool)
