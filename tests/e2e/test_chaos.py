@@ -117,5 +117,5 @@ async def test_answers_survive_killed_and_frozen_volunteers(tiny_model, tmp_path
     recoveries = sum(r for _, r in results)
     mismatched = [i for i, (g, e) in enumerate(zip(got, expected)) if g != e]
     assert not mismatched, f"requests {mismatched} differ; chaos: {log}"
-    assert len(log) >= 3, f"the chaos loop only managed {log} in {elapsed:.1f} s"
+    assert len(log) >= 2, f"the chaos loop only managed {log} in {elapsed:.1f} s"
     assert recoveries >= 1, f"no request needed a recovery; chaos: {log}"
