@@ -81,6 +81,7 @@ class Coordinator:
         app.router.add_post("/api/generate", self._generate_handler)
         app.router.add_get("/api/status", self._status_handler)
         app.router.add_get("/healthz", self._health_handler)
+        app.router.add_post("/api/debug/slowdown", self._slowdown_handler)
         self.surface.install(app)
         return app
 
@@ -297,6 +298,27 @@ class Coordinator:
         snap = self.pool.snapshot()
         snap["pool"] = {"id": self.pool_id, "name": self.config.pool_name, "url": self.url}
         return web.json_response(snap)
+
+    async def _slowdown_handler(self, request: web.Request) -> web.Response:
+        """Debug knob: ``{"volunteer": name or node id, "factor": 4}`` slows that volunteer's compute.
+
+        Only from this machine (loopback), so a remote client can never degrade the pool.
+        """
+        if request.remote not in ("127.0.0.1", "::1"):
+            return web.json_response({"error": "the slowdown knob only answers on loopback"}, status=403)
+        try:
+            body = await request.json()
+            who, factor = str(body["volunteer"]), float(body["factor"])
+            if not 1.0 <= factor <= 1000.0:
+                raise ValueError("factor must be between 1 and 1000")
+        except (ValueError, KeyError, TypeError) as exc:
+            return web.json_response({"error": f"send {{'volunteer': name, 'factor': 1..1000}}: {exc}"}, status=400)
+        link = next((l for l in self.pool.links.values() if who in (l.name, l.node_id)), None)
+        if link is None:
+            return web.json_response({"error": f"no volunteer named {who!r}"}, status=404)
+        await link.set_slowdown(factor)
+        self.pool.events.add("debug", f"{link.name} slowed down {factor:g}x (debug knob)")
+        return web.json_response({"volunteer": link.name, "factor": factor})
 
     async def _health_handler(self, request: web.Request) -> web.Response:
         ready = bool(self.pool.pipelines)

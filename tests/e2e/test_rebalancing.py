@@ -11,6 +11,7 @@ import signal
 import time
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from server.generation import generate
@@ -52,7 +53,9 @@ async def test_a_volunteer_slowed_4x_mid_generation_loses_layers_and_the_answer_
         task = asyncio.create_task(run(pool, prompt, 140))
         await asyncio.sleep(1.0)
         slowed_at = time.monotonic()
-        await victim.set_slowdown(4.0)
+        async with aiohttp.ClientSession() as http:  # the run-time debug knob, as a developer would use it
+            async with http.post(pool.coordinator.url + "/api/debug/slowdown", json={"volunteer": victim.name, "factor": 4}) as r:
+                assert r.status == 200, await r.text()
         deadline = slowed_at + 60
         while layers_of(pool, victim) >= before and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
