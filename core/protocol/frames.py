@@ -26,12 +26,11 @@ import numpy as np
 import torch
 
 from core.errors import FrameTooLarge, ProtocolViolation, VersionMismatch
+from core.protocol.version import PROTOCOL_VERSION  # the version byte of every frame and the Hello field
 
 if sys.byteorder != "little":  # pragma: no cover - every supported platform is little-endian
     raise ImportError("Butterfly's wire format needs a little-endian host")
 
-PROTOCOL_VERSION: int = 1
-"""The wire protocol version; the version byte of every frame and the Hello field."""
 
 MAGIC: bytes = b"BFLY"
 PREFIX_BYTES: int = len(MAGIC) + 1 + 4
