@@ -39,7 +39,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-async def bench(trials: int, tokens: int, kill_after: int, volunteers: int, seed: int) -> dict[str, object]:
+async def bench(trials: int, tokens: int, kill_after: int, volunteers: int, seed: int, verbose: bool = False) -> dict[str, object]:
     from core.store.default_model import ensure_default_model
     from server.config import CoordinatorConfig
     from server.coordinator import Coordinator
@@ -112,6 +112,9 @@ async def bench(trials: int, tokens: int, kill_after: int, volunteers: int, seed
                 "same_answer": ids == reference,
             })
             print(json.dumps(results[-1]), flush=True)
+            if verbose:
+                for e in coordinator.pool.events.entries[-6:]:
+                    print(f"  {e['time'] - (time.time() - time.perf_counter() + killed_at[0]):+.3f} s {e['kind']}: {e['text'][:100]}")
             procs[victim].wait()
             spawn(victim)
     finally:
@@ -146,8 +149,9 @@ def main() -> None:
     parser.add_argument("--volunteers", type=int, default=4)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "recovery.json")
+    parser.add_argument("--verbose", action="store_true", help="print the pool's events around each kill")
     args = parser.parse_args()
-    result = asyncio.run(bench(args.trials, args.tokens, args.kill_after, args.volunteers, args.seed))
+    result = asyncio.run(bench(args.trials, args.tokens, args.kill_after, args.volunteers, args.seed, args.verbose))
     out = {
         "benchmark": "time from a volunteer's SIGKILL to the next token",
         "machine": machine(),

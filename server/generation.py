@@ -16,6 +16,7 @@ unchanged by a recovery.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -105,33 +106,61 @@ async def rebuild(
 ) -> int:
     """Give every stage of ``new`` the session's cache up to ``pos``; return the steps replayed.
 
-    ``holders`` are the (node, assignment) pairs that already hold the cache. A stage
-    that does not is sent the recorded inputs of its first layer, step by step as they
-    were first sent; its outputs become the recorded inputs of the next boundary when
-    those are missing.
+    ``holders`` are the (node, assignment) pairs that already hold the cache. Every other
+    stage is sent the recorded inputs of its first layer, step by step as they were first
+    sent. Where those inputs were never recorded (a new boundary), they are the previous
+    replayed stage's outputs, handed on as each step completes, so the stages replay as
+    a pipeline rather than one after another.
     """
-    replayed = 0
-    for index, stage in enumerate(new.stages):
-        if (stage.link.node_id, stage.assignment_id) in holders:
-            continue
-        steps = trace.steps(stage.start, before=pos)
-        if not steps:
-            if pos == 0:
-                continue
-            raise RequestFailed(f"no recorded inputs for layer {stage.start}; cannot rebuild the session")
-        try:
-            results = await stage.link.forward_many(session_id=session_id, assignment_id=stage.assignment_id, steps=steps)
-        except StageFailed as exc:
-            exc.node_id = exc.node_id or stage.link.node_id
-            exc.link = stage.link  # type: ignore[attr-defined]
-            raise
-        replayed += len(steps)
-        last = index == len(new.stages) - 1
-        if not last and len(trace.steps(stage.end, before=pos)) != len(steps):
-            for (start_pos, _), result in zip(steps, results, strict=True):
+    stages = list(new.stages)
+    changed = [i for i, st in enumerate(stages) if (st.link.node_id, st.assignment_id) not in holders]
+    total = len(trace.steps(0, before=pos))
+    if not changed or total == 0:
+        trace.keep_only(new.boundaries)
+        return 0
+    feeds: dict[int, asyncio.Queue[tuple[int, torch.Tensor]]] = {}
+    sources: dict[int, list[tuple[int, torch.Tensor]] | None] = {}
+    for i in changed:
+        recorded = trace.steps(stages[i].start, before=pos)
+        if len(recorded) == total:
+            sources[i] = recorded
+        elif i - 1 in changed:
+            sources[i] = None
+            feeds[i] = asyncio.Queue()
+        else:
+            raise RequestFailed(f"no recorded inputs for layer {stages[i].start}; cannot rebuild the session")
+
+    async def replay(i: int) -> None:
+        stage = stages[i]
+        last = i == len(stages) - 1
+        record = not last and len(trace.steps(stage.end, before=pos)) != total
+        for k in range(total):
+            start_pos, x = sources[i][k] if sources[i] is not None else await feeds[i].get()  # type: ignore[index]
+            try:
+                (result,) = await stage.link.forward_many(
+                    session_id=session_id, assignment_id=stage.assignment_id, steps=[(start_pos, x)], replay=True
+                )
+            except StageFailed as exc:
+                exc.node_id = exc.node_id or stage.link.node_id
+                exc.link = stage.link  # type: ignore[attr-defined]
+                raise
+            if record:
                 trace.record(stage.end, start_pos, result.y)
+            if i + 1 in feeds:
+                feeds[i + 1].put_nowait((start_pos, result.y))
+
+    tasks = [asyncio.create_task(replay(i)) for i in changed]
+    try:
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            if task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+    finally:
+        for task in tasks:
+            if not task.done():
+                task.cancel()
     trace.keep_only(new.boundaries)
-    return replayed
+    return total * len(changed)
 
 
 def _holders(pipeline: LivePipeline | None) -> set[tuple[str, str]]:

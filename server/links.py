@@ -152,9 +152,12 @@ class VolunteerLink:
         return result
 
     async def forward_many(
-        self, *, session_id: str, assignment_id: str, steps: list[tuple[int, torch.Tensor]]
+        self, *, session_id: str, assignment_id: str, steps: list[tuple[int, torch.Tensor]], replay: bool = False
     ) -> list[StepResult]:
-        """Send several steps of one session back to back (a replay), then wait for all results."""
+        """Send several steps of one session back to back, then wait for all results.
+
+        ``replay`` marks steps that rebuild a cache: they do not count as serving speed.
+        """
         if self.closed.is_set():
             raise StageFailed(f"volunteer {self.name} is gone: {self.close_reason}")
         state = self.loads.get(assignment_id)
@@ -166,7 +169,7 @@ class VolunteerLink:
             for start_pos, x in steps:
                 step_id = next(self._step_ids)
                 tokens = int(x.shape[0])
-                self._pending[step_id] = _Pending(loop.create_future(), time.perf_counter(), tokens, layers, len(steps) > 1)
+                self._pending[step_id] = _Pending(loop.create_future(), time.perf_counter(), tokens, layers, replay or len(steps) > 1)
                 ids.append(step_id)
                 timeout += self.step_timeout(tokens=tokens, layers=layers)
                 await self.channel.send(
