@@ -28,7 +28,7 @@ import torch
 
 from core.errors import ConfigError, PoolUnavailable, RequestFailed, StageFailed
 from core.store.tokenizer import TextTokenizer
-from server.pool import LivePipeline, Pool, Stage
+from server.pool import LivePipeline, Pool
 from server.sampling import Sampler, SamplingParams, StopStringMatcher
 
 log = logging.getLogger(__name__)
@@ -293,4 +293,4 @@ async def _move(
     return new, replayed
 
 
-__all__ = ["Stage", "TokenEvent", "Usage", "SessionTrace", "generate", "rebuild", "run_step"]
+__all__ = ["TokenEvent", "Usage", "SessionTrace", "generate", "rebuild", "run_step"]
