@@ -155,6 +155,11 @@ class Identity:
             tmp.unlink(missing_ok=True)
         return identity
 
+    @property
+    def private_key(self) -> Ed25519PrivateKey:
+        """The private key, for signing certificates locally; it never leaves this process."""
+        return self._private
+
     def sign(self, data: bytes) -> bytes:
         """The 64-byte Ed25519 signature of ``data``."""
         return self._private.sign(data)
