@@ -13,7 +13,6 @@ shapes, so the tray never goes blank.
 from __future__ import annotations
 
 from functools import cache
-from pathlib import Path
 from typing import Final
 
 from PySide6.QtCore import QPointF, QRectF, Qt
@@ -21,8 +20,9 @@ from PySide6.QtGui import QBrush, QColor, QIcon, QLinearGradient, QPainter, QPen
 from PySide6.QtSvg import QSvgRenderer
 
 from app.ui.menu_model import IconState
+from core.resources import asset_path
 
-ASSET: Final = Path(__file__).resolve().parents[2] / "assets" / "butterfly.svg"
+ASSET: Final = asset_path("butterfly.svg")
 SIZES: Final = (16, 22, 24, 32, 48, 64, 128)
 
 BADGE_COLORS: Final = {

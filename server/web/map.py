@@ -12,15 +12,15 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from core.resources import asset_path
 from server.web.view import structure_key
 
-WEB_ASSETS = Path(__file__).resolve().parents[2] / "assets" / "web"
-LOGO = Path(__file__).resolve().parents[2] / "assets" / "butterfly.svg"
+WEB_ASSETS = asset_path("web")
+LOGO = asset_path("butterfly.svg")
 PUSH_INTERVAL_S = 0.5
 CHANGE_POLL_S = 0.1
 NO_CACHE = {"Cache-Control": "no-cache"}
