@@ -17,6 +17,7 @@ against the bytes actually received.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -199,7 +200,14 @@ def _no_constants(name: str) -> NoReturn:
     raise ValueError(f"{name} is not allowed in a frame header")
 
 
-_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_no_constants)
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # e.g. 1e999, which float() reads as infinity
+        raise ValueError(f"number {text[:24]} is out of range (headers carry finite numbers only)")
+    return value
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_no_constants, parse_float=_finite_float)
 
 
 def _parse_specs(raw: Any, limits: Limits) -> list[tuple[str, torch.dtype, tuple[int, ...], int]]:
