@@ -18,10 +18,8 @@ import binascii
 import hashlib
 import json
 import math
-import os
 import re
 import secrets
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,6 +32,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from core.errors import AuthFailed, ConfigError
+from core.private_file import create_private_file
 
 PUBLIC_KEY_BYTES: int = 32
 SIGNATURE_BYTES: int = 64
@@ -133,26 +132,7 @@ class Identity:
         pem = identity._private.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Written in full under a temporary name (created 0600), then published under
-        # its real name without replacing an existing file.
-        fd, tmp_name = tempfile.mkstemp(prefix=".identity-", dir=path.parent)
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "wb") as file:
-                file.write(pem)
-                file.flush()
-                os.fsync(file.fileno())
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise
-            except OSError:  # a file system without hard links
-                if path.exists():
-                    raise FileExistsError(path) from None
-                os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        create_private_file(path, pem)
         return identity
 
     @property

@@ -11,15 +11,28 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from core.errors import AuthFailed, ProtocolViolation, VersionMismatch
-from core.identity import Identity, auth_transcript, fingerprint, verify_invite, verify_signature
+from core.identity import (
+    Identity,
+    auth_transcript,
+    create_invite,
+    fingerprint,
+    parse_invite,
+    verify_invite,
+    verify_signature,
+)
 from core.protocol.frames import PROTOCOL_VERSION
 from core.protocol.messages import Accepted, Auth, Challenge, Hello
 from core.transport import Channel
 from core.types import NodeId
 from server.registry import Member, PoolRegistry
+
+if TYPE_CHECKING:
+    from server.db import SqlitePoolRegistry
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +63,7 @@ async def admit(
     def remaining() -> float:
         left = deadline - time.monotonic()
         if left <= 0:
-            raise ProtocolViolation(f"handshake not finished within {timeout_s:.0f} s")
+            raise ProtocolViolation(f"handshake not finished within {timeout_s:g} s")
         return left
 
     hello = await channel.recv(timeout=remaining())
@@ -89,3 +102,23 @@ async def admit(
     registry.admit(Member(node_id, hello.node_public_key, hello.name, time.time()), invite)
     await channel.send(Accepted(node_id=node_id, heartbeat_interval_s=heartbeat_interval_s))
     return Admitted(node_id, hello)
+
+
+def issue_invite(
+    identity: Identity,
+    registry: SqlitePoolRegistry,
+    *,
+    pool_name: str,
+    addresses: Sequence[str],
+    ttl_s: float,
+    max_uses: int | None,
+    now: float,
+    label: str | None = None,
+) -> str:
+    """Sign a new invite to the pool and record it (with the host's ``label``) so it can be listed and revoked.
+
+    Raises :class:`~core.errors.ConfigError` for a bad lifetime, use limit, address or label.
+    """
+    token = create_invite(identity, pool_name=pool_name, addresses=addresses, ttl_s=ttl_s, max_uses=max_uses, now=now)
+    registry.record_invite(parse_invite(token), created_at=now, label=label)
+    return token

@@ -3,7 +3,7 @@
 :class:`SqlitePoolRegistry` answers the same calls as the in-memory
 :class:`server.registry.PoolRegistry` (``member``, ``members``, ``is_banned``,
 ``admit``) and keeps, across restarts: members with their contribution counters,
-invites with their use counts and revocations, bans, and pool metadata.
+invites with their labels, use counts and revocations, bans, and pool metadata.
 
 The file uses WAL journaling and foreign keys; every write runs in its own
 ``BEGIN IMMEDIATE`` transaction, so concurrent writers (threads, or a second process
@@ -18,6 +18,7 @@ from __future__ import annotations
 import enum
 import math
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -88,7 +89,16 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        2,
+        (
+            # the host's note on an invite ("for Alice's laptop"); NULL: none
+            "ALTER TABLE invites ADD COLUMN label TEXT",
+        ),
+    ),
 )
+
+MAX_LABEL_CHARS = 200
 
 
 # --- records ----------------------------------------------------------------------------
@@ -162,7 +172,8 @@ def invite_state(*, expires_at: float, max_uses: int | None, uses: int, revoked_
 class InviteRecord:
     """An invite as stored, with its state at the time it was read.
 
-    ``created_at`` is None for an invite first seen when a volunteer used it.
+    ``created_at`` is None for an invite first seen when a volunteer used it; ``label``
+    is the host's note on it (None: none).
     """
 
     invite_id: str
@@ -173,6 +184,7 @@ class InviteRecord:
     uses: int
     revoked_at: float | None
     state: InviteState
+    label: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -462,18 +474,36 @@ class SqlitePoolRegistry:
 
     # --- invites -----------------------------------------------------------------------
 
-    def record_invite(self, invite: Invite, *, created_at: float) -> None:
-        """Remember an invite the pool just issued (its uses start at 0).
+    def record_invite(self, invite: Invite, *, created_at: float, label: str | None = None) -> None:
+        """Remember an invite the pool just issued (its uses start at 0), with the host's ``label``.
 
-        Recording an invite again keeps its uses and revocation, and fills in
-        ``created_at`` if it was first seen in use.
+        Recording an invite again keeps its uses and revocation, fills in ``created_at``
+        if it was first seen in use, and keeps its label unless a new one is given.
+        Raises :class:`ConfigError` for a label over :data:`MAX_LABEL_CHARS` characters.
         """
+        label = _clean_label(label)
         with self._guard("record an invite in", write=True) as conn:
             conn.execute(
-                "INSERT INTO invites (invite_id, pool_name, created_at, expires_at, max_uses) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT (invite_id) DO UPDATE SET created_at = COALESCE(invites.created_at, excluded.created_at)",
-                (invite.invite_id, invite.pool_name, created_at, invite.expires_at, invite.max_uses),
+                "INSERT INTO invites (invite_id, pool_name, created_at, expires_at, max_uses, label) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (invite_id) DO UPDATE SET created_at = COALESCE(invites.created_at, excluded.created_at), "
+                "label = COALESCE(excluded.label, invites.label)",
+                (invite.invite_id, invite.pool_name, created_at, invite.expires_at, invite.max_uses, label),
             )
+
+    def find_invite(self, id_or_prefix: str, now: float) -> InviteRecord:
+        """The one invite whose id is, or starts with, ``id_or_prefix`` (state at ``now``).
+
+        Raises :class:`ConfigError` when no invite or more than one matches.
+        """
+        wanted = id_or_prefix.strip()
+        matches = [r for r in self.list_invites(now) if wanted and r.invite_id.startswith(wanted)]
+        exact = [r for r in matches if r.invite_id == wanted]
+        if exact:
+            return exact[0]
+        if len(matches) != 1:
+            what = f"this pool has no invite {id_or_prefix!r}" if not matches else f"{len(matches)} invites start with {wanted!r}"
+            raise ConfigError(what, hint="list the invites (butterfly invite list) and give more of the id")
+        return matches[0]
 
     def invite_uses(self, invite_id: str) -> int:
         """How many volunteers joined with ``invite_id`` (0 for an unknown id)."""
@@ -531,6 +561,27 @@ class SqlitePoolRegistry:
             rows = conn.execute("SELECT node_id, reason, banned_at FROM bans ORDER BY banned_at, node_id").fetchall()
         return [Ban(NodeId(n), r, float(t)) for n, r, t in rows]
 
+    def find_node(self, id_or_prefix: str, *, also: Sequence[NodeId] = ()) -> NodeId:
+        """The one volunteer id that is, or starts with, ``id_or_prefix``.
+
+        Candidates are the members, the banned keys and ``also`` (e.g. the volunteers
+        connected right now). A whole, well-formed fingerprint is returned as it is even
+        when the pool has never seen it, so a key can be banned before it joins. Raises
+        :class:`ConfigError` when nothing or more than one id matches.
+        """
+        wanted = id_or_prefix.strip().lower()
+        if _FINGERPRINT.fullmatch(wanted):
+            return NodeId(wanted)
+        with self._guard("read", write=False) as conn:
+            known = {row[0] for row in conn.execute("SELECT node_id FROM members UNION SELECT node_id FROM bans")}
+        known.update(also)
+        matches = sorted(n for n in known if wanted and n.startswith(wanted))
+        if len(matches) != 1:
+            what = (f"this pool knows no volunteer {id_or_prefix!r}" if not matches
+                    else f"{len(matches)} volunteers' fingerprints start with {wanted!r}")
+            raise ConfigError(what, hint="list the volunteers (butterfly volunteers list) and give more of the fingerprint")
+        return NodeId(matches[0])
+
     # --- pool metadata -----------------------------------------------------------------
 
     def get_meta(self, key: str) -> str | None:
@@ -558,7 +609,18 @@ class SqlitePoolRegistry:
 _MEMBER_COLUMNS = (
     "node_id, public_key, name, first_joined, last_seen, invite_id, steps, tokens, compute_s, bytes_in, bytes_out"
 )
-_INVITE_COLUMNS = "invite_id, pool_name, created_at, expires_at, max_uses, uses, revoked_at"
+_INVITE_COLUMNS = "invite_id, pool_name, created_at, expires_at, max_uses, uses, revoked_at, label"
+_FINGERPRINT = re.compile(r"bf1[a-z2-7]{26}")
+
+
+def _clean_label(label: str | None) -> str | None:
+    if label is None:
+        return None
+    label = " ".join(label.split())
+    if len(label) > MAX_LABEL_CHARS:
+        raise ConfigError(f"an invite label has at most {MAX_LABEL_CHARS} characters, got {len(label)}",
+                          hint="use a shorter note")
+    return label or None
 
 
 def _take_invite_use(conn: sqlite3.Connection, invite: Invite) -> None:
@@ -598,14 +660,15 @@ def _as_member(record: MemberRecord) -> Member:
 
 
 def _invite_record(row: tuple[Any, ...], now: float) -> InviteRecord:
-    invite_id, pool_name, created_at, expires_at, max_uses, uses, revoked_at = row
+    invite_id, pool_name, created_at, expires_at, max_uses, uses, revoked_at, label = row
     state = invite_state(expires_at=expires_at, max_uses=max_uses, uses=uses, revoked_at=revoked_at, now=now)
-    return InviteRecord(invite_id, pool_name, created_at, float(expires_at), max_uses, int(uses), revoked_at, state)
+    return InviteRecord(invite_id, pool_name, created_at, float(expires_at), max_uses, int(uses), revoked_at, state, label)
 
 
 __all__ = [
     "APPLICATION_ID",
     "DB_FILE_NAME",
+    "MAX_LABEL_CHARS",
     "MIGRATIONS",
     "Ban",
     "Contribution",

@@ -1,8 +1,8 @@
 """The OpenAI-compatible API: ``GET /v1/models``, ``POST /v1/chat/completions``, ``POST /v1/completions``.
 
 Any OpenAI SDK works against a pool: point its base URL at ``http://<coordinator>/v1``. The
-model id is the pool's model name. Requests pass, in order: the API key check, body
-checks (:mod:`server.api.openai_schema`), the bounded queue (:mod:`server.api.queue`), then
+model id is the pool's model name. Requests pass, in order: the API key check and the
+key's rate limits (:mod:`server.api.access`), body checks (:mod:`server.api.openai_schema`), the bounded queue (:mod:`server.api.queue`), then
 :func:`server.generation.generate`. Status codes are decided before the first byte: a
 stream's headers go out only once its first token exists, so a pool with no capacity
 answers 503 (or 429 when the queue is full), never a 200 that then breaks.
@@ -10,7 +10,6 @@ answers 503 (or 429 when the queue is full), never a 200 that then breaks.
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -20,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from core.errors import ButterflyError
-from server.api.errors import ApiError, InvalidRequest, MissingApiKey, api_error
-from server.api.keys import KeyStore
+from server.api.access import ClientAccess
+from server.api.errors import ApiError, BodyTooLarge, InvalidRequest, api_error
 from server.api.metrics import Metrics
 from server.api.openai_schema import (
     SSE_DONE,
@@ -54,8 +53,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class OpenAIApi:
     """The ``/v1`` routes of one coordinator.
 
-    ``static_key`` (the coordinator's ``--api-key``) and every active key in ``keys`` are
-    accepted; when neither exists the API is open.
+    ``access`` decides which keys are accepted (the coordinator's ``--api-key`` and every
+    active stored key; none: the API is open) and how much each may use; generated
+    tokens are charged to the request's key as they are produced.
     """
 
     def __init__(
@@ -67,8 +67,7 @@ class OpenAIApi:
         fingerprint: str,
         created: int,
         context_tokens: int,
-        keys: KeyStore,
-        static_key: str | None,
+        access: ClientAccess,
         gate: RequestGate,
         metrics: Metrics,
     ) -> None:
@@ -78,8 +77,7 @@ class OpenAIApi:
         self.fingerprint = fingerprint
         self.created = created
         self.context_tokens = context_tokens
-        self.keys = keys
-        self.static_key = static_key
+        self.access = access
         self.gate = gate
         self.metrics = metrics
 
@@ -93,25 +91,25 @@ class OpenAIApi:
     @property
     def key_required(self) -> bool:
         """Whether requests must carry a Bearer key."""
-        return self.static_key is not None or self.keys.required
+        return self.access.key_required
 
     # --- handlers ------------------------------------------------------------------
 
     async def models(self, request: web.Request) -> web.Response:
-        self._authorize(request)
+        self.access.admit(request)
         return web.json_response(model_list(self.model_name, created=self.created, owner="butterfly"))
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
-        self._authorize(request)
+        who = self.access.admit(request)
         req = parse_chat_request(await _json_body(request), model_name=self.model_name, default_max_tokens=self.context_tokens)
         text = self.tokenizer.apply_chat_template(list(req.messages), add_generation_prompt=True)
         prompt_ids = self.tokenizer.encode(text)
         return await self._serve(
-            request, CHAT, prompt_ids, req.params, stream=req.stream, include_usage=req.include_usage, param="messages"
+            request, CHAT, prompt_ids, req.params, who=who, stream=req.stream, include_usage=req.include_usage, param="messages"
         )
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
-        self._authorize(request)
+        who = self.access.admit(request)
         req = parse_text_request(
             await _json_body(request),
             model_name=self.model_name,
@@ -120,7 +118,7 @@ class OpenAIApi:
         )
         prompt_ids = list(req.prompt) if isinstance(req.prompt, tuple) else self.tokenizer.encode(req.prompt)
         return await self._serve(
-            request, TEXT, prompt_ids, req.params, stream=req.stream, include_usage=req.include_usage, param="prompt"
+            request, TEXT, prompt_ids, req.params, who=who, stream=req.stream, include_usage=req.include_usage, param="prompt"
         )
 
     async def unknown(self, request: web.Request) -> web.Response:
@@ -129,21 +127,6 @@ class OpenAIApi:
 
     # --- serving -------------------------------------------------------------------
 
-    def _authorize(self, request: web.Request) -> None:
-        if not self.key_required:
-            return
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise MissingApiKey(
-                "this pool requires an API key",
-                hint="send 'Authorization: Bearer <key>'; the host creates keys with `butterfly apikey create`",
-            )
-        if self.static_key is not None and hmac.compare_digest(token.encode(), self.static_key.encode()):
-            return
-        if self.keys.verify(token) is None:
-            raise MissingApiKey("the API key is not valid or was revoked", hint="ask the pool's host for a key")
-
     async def _serve(
         self,
         request: web.Request,
@@ -151,6 +134,7 @@ class OpenAIApi:
         prompt_ids: Sequence[int],
         params: SamplingParams,
         *,
+        who: str,
         stream: bool,
         include_usage: bool,
         param: str,
@@ -166,7 +150,8 @@ class OpenAIApi:
         chat = endpoint == CHAT
         env = Envelope.new("chat" if chat else "text", model=self.model_name, fingerprint=self.fingerprint)
         async with self.gate.slot():
-            async with aclosing(generate(self.pool, self.tokenizer, prompt_ids, params)) as events:
+            counted = _charged(generate(self.pool, self.tokenizer, prompt_ids, params), lambda n: self.access.charge(who, n))
+            async with aclosing(counted) as events:
                 first = await anext(events)
                 answer = _chain(first, events)
                 if stream:
@@ -241,6 +226,19 @@ class OpenAIApi:
             )
 
 
+async def _charged(events: AsyncIterator[TokenEvent], charge: Callable[[int], None]) -> AsyncIterator[TokenEvent]:
+    """``events`` unchanged; the tokens they carried are charged when the stream ends, however it ends."""
+    tokens = 0
+    try:
+        async with aclosing(events) as inner:  # type: ignore[type-var]
+            async for event in inner:
+                if event.token_id >= 0:  # the final event may carry no new token (-1)
+                    tokens += 1
+                yield event
+    finally:
+        charge(tokens)
+
+
 async def _chain(first: TokenEvent, rest: AsyncIterator[TokenEvent]) -> AsyncIterator[TokenEvent]:
     yield first
     if first.finish_reason is None:
@@ -252,7 +250,9 @@ async def _json_body(request: web.Request) -> object:
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise InvalidRequest(f"the request body is larger than {request.client_max_size} bytes") from None
+        raise BodyTooLarge(
+            f"the request body is larger than {request.client_max_size} bytes", hint="send a shorter prompt"
+        ) from None
     try:
         return json.loads(raw)
     except ValueError as exc:
@@ -269,6 +269,6 @@ def _openai_errors(handler: Handler) -> Handler:
             err = api_error(exc)
             if err.status >= 500:
                 log.warning("%s %s failed: %s", request.method, request.path, exc, exc_info=not isinstance(exc, ButterflyError))
-            return web.json_response(err.body(), status=err.status)
+            return web.json_response(err.body(), status=err.status, headers=err.headers())
 
     return wrapped

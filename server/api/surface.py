@@ -1,11 +1,12 @@
 """Everything a coordinator shows to people and programs besides ``/ws`` and ``/api/generate``.
 
 :class:`ClientSurface` builds, for one coordinator, the OpenAI-compatible API, the API key
-store, the bounded request queue, the Prometheus metrics, the pool telemetry and the
-cluster map, and installs their routes on the coordinator's aiohttp application::
+store with the per-key rate limits, the bounded request queue, the admin API, the
+Prometheus metrics, the pool telemetry and the cluster map, and installs their routes and
+middlewares (admin key, body size) on the coordinator's aiohttp application::
 
     surface = ClientSurface(coordinator)
-    surface.install(app)          # /v1/*, /, /static/*, /api/cluster, /api/events, /metrics
+    surface.install(app)          # /v1/*, /api/admin/*, /, /static/*, /api/cluster, /api/events, /metrics
 """
 
 from __future__ import annotations
@@ -18,18 +19,24 @@ from typing import TYPE_CHECKING, Any, Protocol
 from aiohttp import web
 
 from core.errors import ButterflyError
+from server.api.access import ClientAccess
+from server.api.admin import AdminApi
+from server.api.body_limit import body_limit
 from server.api.keys import KEYS_FILE, KeyStore
 from server.api.metrics import Metrics, Readings
 from server.api.openai import OpenAIApi
 from server.api.queue import RequestGate
+from server.ratelimit import ClientRateLimiter
 from server.web.map import ClusterMap
 from server.web.telemetry import TelemetrySampler
 from server.web.view import PoolInfo, cluster_view
 
 if TYPE_CHECKING:
+    from core.identity import Identity
     from core.store.store import StoredModel
     from core.store.tokenizer import TextTokenizer
     from server.config import CoordinatorConfig
+    from server.db import SqlitePoolRegistry
     from server.pool import Pool
 
 log = logging.getLogger(__name__)
@@ -42,10 +49,15 @@ class CoordinatorParts(Protocol):
     model: StoredModel
     pool: Pool
     tokenizer: TextTokenizer
+    identity: Identity
+    registry: SqlitePoolRegistry
     url: str
 
     @property
     def pool_id(self) -> str: ...
+
+    @property
+    def ws_url(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -69,6 +81,14 @@ class ClientSurface:
         self.settings = settings or ApiSettings()
         config = coordinator.config
         self.keys = KeyStore(config.data_dir / KEYS_FILE)
+        self.access = ClientAccess(
+            keys=self.keys,
+            static_key=config.api_key,
+            limiter=ClientRateLimiter(
+                requests_per_minute=config.api_requests_per_minute, tokens_per_minute=config.api_tokens_per_minute
+            ),
+        )
+        self.admin = AdminApi.for_coordinator(coordinator)
         self.gate = RequestGate(self._capacity, max_queue=self.settings.max_queue, wait_s=config.request_wait_s)
         self.telemetry = TelemetrySampler(coordinator.pool)
         self.metrics = Metrics(self._readings)
@@ -79,8 +99,7 @@ class ClientSurface:
             fingerprint=coordinator.model.manifest.model_id,
             created=int(time.time()),
             context_tokens=config.context_tokens,
-            keys=self.keys,
-            static_key=config.api_key,
+            access=self.access,
             gate=self.gate,
             metrics=self.metrics,
         )
@@ -92,8 +111,10 @@ class ClientSurface:
         self.gate.max_queue = settings.max_queue
 
     def install(self, app: web.Application) -> None:
-        """Add every route and the metrics middleware to ``app``; telemetry runs while ``app`` does."""
+        """Add every route and middleware (metrics, body size, admin key) to ``app``; telemetry runs while ``app`` does."""
         app.middlewares.append(self.metrics.middleware)
+        app.middlewares.append(body_limit)
+        self.admin.install(app)
         self.openai.install(app)
         self.map.install(app)
         app.router.add_get("/metrics", self.metrics.handler)

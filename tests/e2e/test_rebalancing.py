@@ -54,7 +54,8 @@ async def test_a_volunteer_slowed_4x_mid_generation_loses_layers_and_the_answer_
         await asyncio.sleep(1.0)
         slowed_at = time.monotonic()
         async with aiohttp.ClientSession() as http:  # the run-time debug knob, as a developer would use it
-            async with http.post(pool.coordinator.url + "/api/debug/slowdown", json={"volunteer": victim.name, "factor": 4}) as r:
+            admin = {"Authorization": f"Bearer {pool.coordinator.surface.admin.key}"}
+            async with http.post(pool.coordinator.url + "/api/debug/slowdown", json={"volunteer": victim.name, "factor": 4}, headers=admin) as r:
                 assert r.status == 200, await r.text()
         deadline = slowed_at + 60
         while layers_of(pool, victim) >= before and time.monotonic() < deadline:

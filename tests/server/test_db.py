@@ -29,6 +29,7 @@ from server.db import (
 from server.registry import Member, PoolRegistry
 
 NOW = 1_800_000_000.0
+LATEST = len(MIGRATIONS)
 POOL = Identity.generate()
 
 
@@ -65,8 +66,8 @@ def test_is_a_drop_in_for_the_in_memory_registry() -> None:
         assert list(inspect.signature(ours).parameters) == list(inspect.signature(method).parameters), name
 
 
-def test_new_file_is_wal_with_foreign_keys_and_version_1(store: SqlitePoolRegistry, db_path: Path) -> None:
-    assert store.schema_version == 1 == len(MIGRATIONS)
+def test_new_file_is_wal_with_foreign_keys_and_the_latest_version(store: SqlitePoolRegistry, db_path: Path) -> None:
+    assert store.schema_version == LATEST == 2
     raw = sqlite3.connect(db_path)
     try:
         assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
@@ -178,6 +179,44 @@ def test_list_invites_reports_each_state(store: SqlitePoolRegistry) -> None:
 )
 def test_invite_state(expires_at: float, max_uses: int | None, uses: int, revoked_at: float | None, state: InviteState) -> None:
     assert invite_state(expires_at=expires_at, max_uses=max_uses, uses=uses, revoked_at=revoked_at, now=NOW) is state
+
+
+def test_invite_labels(store: SqlitePoolRegistry) -> None:
+    labelled, plain = make_invite(), make_invite()
+    store.record_invite(labelled, created_at=NOW, label="Bob's laptop")
+    store.record_invite(plain, created_at=NOW + 1)
+    store.record_invite(labelled, created_at=NOW)  # recorded again without a label: the label stays
+    assert [(r.invite_id, r.label) for r in store.list_invites(NOW)] == [(labelled.invite_id, "Bob's laptop"), (plain.invite_id, None)]
+    with pytest.raises(ConfigError, match="at most 200"):
+        store.record_invite(make_invite(), created_at=NOW, label="x" * 201)
+
+
+def test_find_invite_by_unique_prefix(store: SqlitePoolRegistry) -> None:
+    for invite_id in ("abc123", "abd456", "abc"):
+        store.record_invite(make_invite(invite_id=invite_id), created_at=NOW)
+    assert store.find_invite("abd", NOW).invite_id == "abd456"
+    assert store.find_invite("abc", NOW).invite_id == "abc"  # an exact id wins over longer ones it starts
+    with pytest.raises(ConfigError, match="3 invites start with 'ab'"):
+        store.find_invite("ab", NOW)
+    with pytest.raises(ConfigError, match="no invite"):
+        store.find_invite("zzz", NOW)
+    with pytest.raises(ConfigError, match="no invite"):
+        store.find_invite("  ", NOW)
+
+
+def test_find_node_by_unique_prefix_among_members_bans_and_extras(store: SqlitePoolRegistry) -> None:
+    a, b = make_member("a"), make_member("b")
+    store.admit(a, None)
+    store.ban(b.node_id, "spam", NOW)
+    assert store.find_node(a.node_id[:12]) == a.node_id
+    assert store.find_node(b.node_id[:12].upper()) == b.node_id
+    with pytest.raises(ConfigError, match="2 volunteers' fingerprints start with 'bf1'"):
+        store.find_node("bf1")
+    stranger = make_member("never joined").node_id
+    assert store.find_node(stranger) == stranger  # a whole fingerprint: may be banned before it joins
+    with pytest.raises(ConfigError, match="no volunteer"):
+        store.find_node(stranger[:10])
+    assert store.find_node(stranger[:10], also=[stranger]) == stranger
 
 
 def test_bans(store: SqlitePoolRegistry) -> None:
@@ -307,33 +346,51 @@ def test_two_concurrent_admits_of_a_single_use_invite_one_wins(db_path: Path) ->
 
 # --- migrations ------------------------------------------------------------------------
 
-FAKE_V2 = Migration(2, ("ALTER TABLE members ADD COLUMN region TEXT", "CREATE TABLE regions (name TEXT PRIMARY KEY)"))
+FAKE_NEXT = Migration(
+    LATEST + 1, ("ALTER TABLE members ADD COLUMN region TEXT", "CREATE TABLE regions (name TEXT PRIMARY KEY)")
+)
 
 
 def test_migrates_forward_and_keeps_data(db_path: Path) -> None:
     member = make_member("m")
     with SqlitePoolRegistry(db_path) as store:
         store.admit(member, make_invite(max_uses=1))
-    with SqlitePoolRegistry(db_path, migrations=(*MIGRATIONS, FAKE_V2)) as store:
-        assert store.schema_version == 2
+    with SqlitePoolRegistry(db_path, migrations=(*MIGRATIONS, FAKE_NEXT)) as store:
+        assert store.schema_version == LATEST + 1
         assert store.member(member.node_id) == member
         columns = [row[1] for row in store._conn.execute("PRAGMA table_info(members)")]
         assert "region" in columns
-    with SqlitePoolRegistry(db_path, migrations=(*MIGRATIONS, FAKE_V2)) as store:  # idempotent
-        assert store.schema_version == 2
-    with pytest.raises(StoreError, match="schema version 2; this Butterfly reads up to 1") as err:
+    with SqlitePoolRegistry(db_path, migrations=(*MIGRATIONS, FAKE_NEXT)) as store:  # idempotent
+        assert store.schema_version == LATEST + 1
+    with pytest.raises(StoreError, match=f"schema version {LATEST + 1}; this Butterfly reads up to {LATEST}") as err:
         SqlitePoolRegistry(db_path)
     assert "update Butterfly" in (err.value.hint or "")
 
 
 def test_a_failing_migration_changes_nothing(db_path: Path) -> None:
     SqlitePoolRegistry(db_path).close()
-    broken = Migration(2, ("CREATE TABLE half_done (x INTEGER)", "THIS IS NOT SQL"))
+    broken = Migration(LATEST + 1, ("CREATE TABLE half_done (x INTEGER)", "THIS IS NOT SQL"))
     with pytest.raises(StoreError, match="syntax error"):
         SqlitePoolRegistry(db_path, migrations=(*MIGRATIONS, broken))
     with SqlitePoolRegistry(db_path) as store:
-        assert store.schema_version == 1
+        assert store.schema_version == LATEST
         assert store._conn.execute("SELECT name FROM sqlite_master WHERE name = 'half_done'").fetchone() is None
+
+
+def test_a_version_1_file_gains_invite_labels_and_keeps_its_invites(db_path: Path) -> None:
+    invite = make_invite(max_uses=2)
+    with SqlitePoolRegistry(db_path, migrations=MIGRATIONS[:1]) as old:
+        old._conn.execute(  # what a version-1 coordinator wrote
+            "INSERT INTO invites (invite_id, pool_name, created_at, expires_at, max_uses, uses) VALUES (?, ?, ?, ?, ?, 1)",
+            (invite.invite_id, invite.pool_name, NOW, invite.expires_at, invite.max_uses),
+        )
+    with SqlitePoolRegistry(db_path) as store:
+        assert store.schema_version == 2
+        record = store.invite(invite.invite_id, NOW)
+        assert record is not None and record.label is None and record.uses == 1
+        store.record_invite(invite, created_at=NOW + 5, label="  for   Alice ")
+        record = store.invite(invite.invite_id, NOW)
+        assert record is not None and (record.label, record.uses, record.created_at) == ("for Alice", 1, NOW)
 
 
 def test_migrations_must_be_numbered_in_order(db_path: Path) -> None:
