@@ -20,11 +20,13 @@ from core.errors import PoolUnavailable
 RECENT_EVENTS = 10
 
 
-def fetch_view(url: str, *, timeout: float = 10.0) -> dict[str, Any]:
-    """GET ``<url>/api/cluster``; raises :class:`PoolUnavailable` when the coordinator cannot be reached."""
+def fetch_view(url: str, *, timeout: float = 10.0, pool_id: str | None = None) -> dict[str, Any]:
+    """GET ``<url>/api/cluster`` (https pinned to ``pool_id``); raises :class:`PoolUnavailable` when unreachable."""
+    from cli.https import open_url
+
     target = url.rstrip("/") + "/api/cluster"
     try:
-        with urllib.request.urlopen(target, timeout=timeout) as response:  # noqa: S310 - user-given coordinator URL
+        with open_url(target, pool_id=pool_id, timeout=timeout) as response:
             data = json.loads(response.read())
     except urllib.error.HTTPError as exc:
         raise PoolUnavailable(f"the coordinator at {url} answered {exc.code}", hint="is it a Butterfly coordinator?") from None
@@ -40,7 +42,7 @@ def fetch_view(url: str, *, timeout: float = 10.0) -> dict[str, Any]:
 
 def run_status(args: argparse.Namespace) -> int:
     """Print the pool's state once (``--json``: the raw view)."""
-    view = fetch_view(args.url)
+    view = fetch_view(args.url, pool_id=args.pool_id)
     if args.json:
         json.dump(view, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -70,7 +72,7 @@ def render_status(view: Mapping[str, Any], *, local_time: bool = True) -> str:
         "",
     ]
     if volunteers:
-        rows = [("VOLUNTEER", "DEVICE", "OS", "MEMORY", "RTT", "LAYERS", "STEPS", "STEP", "BUSY", "STATE")]
+        rows = [("VOLUNTEER", "DEVICE", "OS", "MEMORY", "RTT", "LAYERS", "STEPS", "STEP", "BUSY", "TRUST", "STATE")]
         for v in volunteers:
             rows.append(
                 (
@@ -83,7 +85,9 @@ def render_status(view: Mapping[str, Any], *, local_time: bool = True) -> str:
                     str(v.get("steps", 0)),
                     _ms(v.get("step_ms")),
                     f"{round(float(v.get('utilisation') or 0.0) * 100)}%",
-                    "draining" if v.get("draining") else ("serving" if v.get("layers") else "idle"),
+                    _trust(v),
+                    "quarantined" if v.get("trust") == "quarantined"
+                    else "draining" if v.get("draining") else ("serving" if v.get("layers") else "idle"),
                 )
             )
         lines += _table(rows)
@@ -113,6 +117,13 @@ def _table(rows: Sequence[Sequence[str]]) -> list[str]:
 
 def _s(n: int) -> str:
     return "" if n == 1 else "s"
+
+
+def _trust(volunteer: Mapping[str, Any]) -> str:
+    """``trusted``, ``probation`` or ``quarantined``, with the strikes when there are any."""
+    state = str(volunteer.get("trust") or "–")
+    strikes = volunteer.get("strikes")
+    return f"{state} ({strikes} strike{_s(strikes)})" if isinstance(strikes, int) and strikes else state
 
 
 def _gib(value: object) -> str:

@@ -27,8 +27,10 @@ from dataclasses import dataclass, field
 import torch
 
 from core.errors import ConfigError, PoolUnavailable, RequestFailed, StageFailed
+from core.types import LayerRange
 from core.store.tokenizer import TextTokenizer
 from server.pool import LivePipeline, Pool
+from server.verifier import Auditor
 from server.sampling import Sampler, SamplingParams, StopStringMatcher
 
 log = logging.getLogger(__name__)
@@ -83,9 +85,14 @@ class SessionTrace:
 
 
 async def run_step(
-    pipeline: LivePipeline, session_id: str, start_pos: int, x: torch.Tensor, trace: SessionTrace | None = None
+    pipeline: LivePipeline, session_id: str, start_pos: int, x: torch.Tensor, trace: SessionTrace | None = None,
+    *, auditor: Auditor | None = None,
 ) -> torch.Tensor:
-    """Send ``x`` through every stage of ``pipeline``; return the last stage's logits."""
+    """Send ``x`` through every stage of ``pipeline``; return the last stage's logits.
+
+    With an ``auditor``, each stage's output is checked (when its volunteer is due for a
+    check) before the next stage gets it; a wrong one is replaced by the coordinator's.
+    """
     for stage in pipeline.stages:
         if trace is not None:
             trace.record(stage.start, start_pos, x)
@@ -97,7 +104,10 @@ async def run_step(
             exc.node_id = exc.node_id or stage.link.node_id
             exc.link = stage.link  # type: ignore[attr-defined] - the very connection that failed
             raise
-        x = result.y
+        x = result.y if auditor is None else await auditor.check(
+            stage.link, session_id=session_id, layers=LayerRange(stage.start, stage.end, pipeline.stages[-1].end),
+            start_pos=start_pos, x=x, y=result.y, trace=trace,
+        )
     return x
 
 
@@ -216,7 +226,7 @@ async def generate(
                     old, pipeline = pipeline, None
                     pipeline, moved = await _move(pool, old, session_id, trace, pos, used)
                     replayed += moved
-                logits = await run_step(pipeline, session_id, pos, x, trace)
+                logits = await run_step(pipeline, session_id, pos, x, trace, auditor=pool.auditor)
             except StageFailed as exc:
                 recoveries += 1
                 log.warning("session %s: %s; recovering (%d)", session_id[:8], exc, recoveries)
@@ -268,6 +278,7 @@ async def generate(
                 if key not in ended_on:
                     ended_on.add(key)
                     await stage.link.end_session(session_id)
+        pool.auditor.verifier.end_session(session_id)
 
 
 async def _move(
@@ -275,6 +286,10 @@ async def _move(
 ) -> tuple[LivePipeline, int]:
     """Leave ``old`` for a pipeline in service, rebuilding what the session had; returns it and the steps replayed."""
     holders = _holders(old)
+    if old is not None and old.tainted:  # a quarantined stage fed it: rebuild everything from the token ids
+        holders = set()
+        trace.keep_only([0])
+        pool.auditor.verifier.end_session(session_id)
     if old is not None:
         pool.release_pipeline(old)
     deadline = time.monotonic() + pool.config.request_wait_s

@@ -150,11 +150,16 @@
       card.style.setProperty("--node", nodeColor(vol.node_id));
       const q = (sel) => card.querySelector(sel);
       q(".node-name").textContent = vol.name;
-      const state = vol.draining ? "draining" : vol.layers.length ? "serving" : "idle";
+      const trust = vol.trust || "";
+      const state = trust === "quarantined" ? "quarantined" : vol.draining ? "draining" : vol.layers.length ? "serving" : "idle";
       const badge = q(".badge");
       badge.textContent = state;
       badge.className = "badge " + state;
-      q(".node-sub").textContent = [vol.device, vol.os].filter(Boolean).join(" · ") || "unknown machine";
+      badge.title = trust ? `${trust} · ${vol.strikes || 0} strikes · ${fmt.int(vol.verified_steps)} steps verified` : "";
+      card.classList.toggle("quarantined", trust === "quarantined");
+      card.classList.toggle("probation", trust === "probation");
+      const sub = [vol.device, vol.os].filter(Boolean).join(" · ") || "unknown machine";
+      q(".node-sub").textContent = trust === "probation" ? sub + " · on probation" : sub;
       const set = (k, text) => {
         const dd = q(`[data-k="${k}"]`);
         if (dd.textContent !== text) dd.textContent = text;
@@ -173,7 +178,13 @@
     for (const card of [...box.children]) if (!seen.has(card.dataset.nodeId)) card.remove();
     $("nodes-empty").hidden = v.volunteers.length > 0;
     const serving = v.volunteers.filter((x) => x.layers.length).length;
-    setText("nodes-caption", v.volunteers.length ? `${serving} serving · ${v.volunteers.length - serving} idle` : "");
+    const quarantined = v.volunteers.filter((x) => x.trust === "quarantined").length;
+    setText(
+      "nodes-caption",
+      v.volunteers.length
+        ? `${serving} serving · ${v.volunteers.length - serving - quarantined} idle` + (quarantined ? ` · ${quarantined} quarantined` : "")
+        : ""
+    );
   }
 
   // --- events ----------------------------------------------------------------------
