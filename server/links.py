@@ -5,6 +5,10 @@ it sends assignments and forward steps, answers weight fetches from the model st
 resolves pending steps when results arrive, and measures the link's round-trip time
 with heartbeats. When the socket closes, every pending step fails with
 :class:`StageFailed` so no caller waits forever.
+
+Activations travel in a codec chosen per link (:func:`choose_codec`): ``auto`` keeps them
+exact (the compute dtype) on a fast link and sends float16 on a slow one. Results are
+decoded on arrival, so callers always see plain tensors.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from core.errors import ButterflyError, ProtocolViolation, StageFailed
+from core.errors import ButterflyError, ConfigError, ProtocolViolation, StageFailed
+from core.protocol.bounds import check_result_output
+from core.protocol.codec import EncodedTensor, decode, encode
 from core.protocol.messages import (
     Assign,
     LinkProbe,
@@ -43,12 +49,30 @@ from core.protocol.messages import (
 )
 from core.transport import Channel, ChannelClosed
 from core.types import HardwareProfile, LayerRange, NodeId
+from server.config import LOGITS_CODECS, WIRE_CODECS
 from server.health import StepTimes, stall_timeout_s
 
 if TYPE_CHECKING:
     from core.store.store import StoredModel
 
 log = logging.getLogger(__name__)
+
+FAST_LINK_BYTES_PER_S: float = 50e6
+"""Measured throughput from which ``auto`` keeps activations exact (gigabit LAN, loopback)."""
+
+
+def choose_codec(setting: str, bandwidth_bytes_per_s: float) -> str:
+    """The activation codec of a link: ``setting`` itself, or for ``auto`` the rule below.
+
+    ``auto``: ``model`` (exact) when the link's measured throughput is at least
+    :data:`FAST_LINK_BYTES_PER_S` or unknown (``inf``: not measured), else ``float16``, which
+    halves the bytes of fp32 hidden states at a relative error of 2**-11.
+    """
+    if setting not in WIRE_CODECS:
+        raise ConfigError(f"unknown wire codec {setting!r}", hint=f"use one of {', '.join(WIRE_CODECS)}")
+    if setting != "auto":
+        return setting
+    return "model" if bandwidth_bytes_per_s >= FAST_LINK_BYTES_PER_S else "float16"
 
 
 @dataclass(slots=True)
@@ -71,6 +95,7 @@ class _Pending:
     tokens: int
     layers: float
     replay: bool = False  # replayed steps run back to back: not a measure of serving speed
+    stage: LayerRange | None = None  # the layers that computed it: what its output must look like
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +121,14 @@ class VolunteerLink:
         model: StoredModel,
         step_timeout_s: float,
         on_event: Callable[[VolunteerLink, object], None],
+        wire_codec: str = "auto",
+        logits_codec: str = "model",
     ) -> None:
+        choose_codec(wire_codec, 0.0)  # refuse an unknown setting now
+        if logits_codec not in LOGITS_CODECS:
+            raise ConfigError(f"unknown logits codec {logits_codec!r}", hint=f"use one of {', '.join(LOGITS_CODECS)}")
+        self.wire_codec = wire_codec
+        self.logits_codec = logits_codec
         self.channel = channel
         self.node_id = node_id
         self.name = name
@@ -122,6 +154,13 @@ class VolunteerLink:
         self.steps_served = 0
         self.tokens_served = 0
         self.compute_s_total = 0.0
+        self.batched_steps = 0  # steps the volunteer ran packed with other sessions' steps
+        self.forward_passes = 0.0  # steps weighted 1/batch: steps_served / forward_passes is the mean batch
+
+    @property
+    def codec(self) -> str:
+        """The activation codec this link uses now (see :func:`choose_codec`)."""
+        return choose_codec(self.wire_codec, self.profile.bandwidth_bytes_per_s)
 
     # --- outgoing -------------------------------------------------------------------
 
@@ -137,10 +176,20 @@ class VolunteerLink:
         await self.channel.send(msg)
         return state
 
-    def step_timeout(self, *, tokens: int, layers: float) -> float:
-        """How long a step may take before this volunteer counts as stalled."""
+    def step_timeout(self, *, tokens: int, layers: float, queued_s: float = 0.0) -> float:
+        """How long a step may take before this volunteer counts as stalled.
+
+        ``queued_s`` is the expected time of the steps already waiting on this volunteer
+        (other sessions'): a step queued behind them is late by that much, not stalled.
+        """
         expected = self.times.expected_s(tokens=tokens, layers=layers, fallback_s_per_layer=self.profile.seconds_per_layer)
-        return stall_timeout_s(expected, rtt_s=self.rtt_s or 0.0, ceiling_s=self.stall_ceiling_s)
+        return stall_timeout_s(expected + queued_s, rtt_s=self.rtt_s or 0.0, ceiling_s=self.stall_ceiling_s)
+
+    def _queued_s(self) -> float:
+        """Expected seconds of the steps this volunteer has not answered yet."""
+        fallback = self.profile.seconds_per_layer
+        return sum(self.times.expected_s(tokens=p.tokens, layers=p.layers, fallback_s_per_layer=fallback)
+                   for p in self._pending.values())
 
     async def forward(self, *, session_id: str, assignment_id: str, start_pos: int, x: torch.Tensor) -> StepResult:
         """Run one step on this volunteer's stage and wait for its output.
@@ -165,16 +214,24 @@ class VolunteerLink:
         loop = asyncio.get_running_loop()
         ids: list[int] = []
         timeout = 0.0
+        codec = self.codec
+        queued_s = self._queued_s()  # other sessions' steps ahead of ours at the volunteer
         try:
             for start_pos, x in steps:
                 step_id = next(self._step_ids)
                 tokens = int(x.shape[0])
-                self._pending[step_id] = _Pending(loop.create_future(), time.perf_counter(), tokens, layers, replay or len(steps) > 1)
-                ids.append(step_id)
-                timeout += self.step_timeout(tokens=tokens, layers=layers)
-                await self.channel.send(
-                    Forward(step_id=step_id, session_id=session_id, assignment_id=assignment_id, start_pos=start_pos, x=x)
+                self._pending[step_id] = _Pending(
+                    loop.create_future(), time.perf_counter(), tokens, layers, replay or len(steps) > 1,
+                    state.layers if state is not None else None,
                 )
+                ids.append(step_id)
+                timeout += self.step_timeout(tokens=tokens, layers=layers, queued_s=queued_s)
+                queued_s = 0.0  # counted once, with the first step
+                enc = encode(x, codec)
+                await self.channel.send(Forward(
+                    step_id=step_id, session_id=session_id, assignment_id=assignment_id, start_pos=start_pos,
+                    x=enc.data, codec=enc.codec, scales=enc.scales, logits_codec=self.logits_codec,
+                ))
             futures = [self._pending[i].future for i in ids]
             return list(await asyncio.wait_for(asyncio.gather(*futures), min(timeout, self.stall_ceiling_s * len(ids))))
         except TimeoutError:
@@ -268,11 +325,19 @@ class VolunteerLink:
                 return  # a step we gave up on answered late: drop it
             self.steps_served += 1
             self.tokens_served += pending.tokens
-            self.compute_s_total += msg.compute_s
-            if not pending.replay:
+            self.compute_s_total += msg.compute_s / msg.batch  # a batch's time is shared by its steps
+            self.forward_passes += 1.0 / msg.batch
+            if msg.batch > 1:
+                self.batched_steps += 1
+            elif not pending.replay:  # a batched step's time is not one step's: it would skew the speed seen
                 self.times = self.times.observe(compute_s=msg.compute_s, tokens=pending.tokens, layers=pending.layers)
+            y = decode(EncodedTensor(msg.codec, msg.y, msg.scales), dtype=msg.y.dtype if msg.codec == "model" else torch.float32)
+            if pending.stage is not None:  # a wrong shape, dtype or a NaN closes the link: the stage is replaced
+                config = self.model.config
+                check_result_output(y, layers=pending.stage, hidden_size=config.hidden_size,
+                                    vocab_size=config.vocab_size, tokens=pending.tokens)
             if not pending.future.done():
-                pending.future.set_result(StepResult(msg.y, msg.compute_s, time.perf_counter() - pending.sent_at))
+                pending.future.set_result(StepResult(y, msg.compute_s, time.perf_counter() - pending.sent_at))
         elif isinstance(msg, FetchTensor):
             await self._serve_fetch(msg)
         elif isinstance(msg, LoadProgress):
