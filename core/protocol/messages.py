@@ -9,7 +9,9 @@ refusing missing, extra and mistyped fields.
 
 Fields are declared with ``Annotated[type, codec]``; the codec says how the field is
 checked and how it travels in the JSON header (bytes as base64, layer ranges as
-``[start, end, total]``, ...). Tensor fields travel as frame tensors.
+``[start, end, total]``, ...). Tensor fields travel as frame tensors. A field marked
+``ELIDED`` (a later addition with a default) is left out of the frame while it holds its
+default and reads as the default when absent, so older peers keep understanding us.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ import dataclasses
 import json
 import math
 import re
+import sys
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, NoReturn, Self
 
@@ -29,6 +32,7 @@ import torch
 
 from core import errors
 from core.errors import ButterflyError, ProtocolViolation
+from core.protocol.codec import CODECS, check_payload
 from core.protocol.frames import Frame, Limits, decode_frame, encode_frame
 from core.types import HardwareProfile, LayerRange, NodeId
 
@@ -125,6 +129,9 @@ class _Int(_Codec):
         return value
 
 
+_MAX_FLOAT_INT = int(sys.float_info.max)
+
+
 class _Real(_Codec):
     """A finite float in ``[lo, hi]``; with ``inf_as_null``, +inf is allowed and travels as null."""
 
@@ -135,7 +142,7 @@ class _Real(_Codec):
 
     def check(self, kind: str, path: str, value: Any) -> Any:
         if type(value) is int:
-            value = float(value)
+            value = float(value) if abs(value) <= _MAX_FLOAT_INT else math.nan  # 1e400 as an integer: refused below
         if self.inf_as_null and value == math.inf:
             return value
         if type(value) is not float or not math.isfinite(value) or not self.lo <= value <= self.hi:
@@ -315,16 +322,20 @@ class _Specs(_Codec):
 
 
 class _Tensor:
-    """A tensor field: allowed dtypes, rank range and an optional element bound."""
+    """A tensor field: allowed dtypes, rank range, an optional element bound; ``optional`` allows None."""
 
-    __slots__ = ("dtypes", "min_ndim", "max_ndim", "max_numel")
+    __slots__ = ("dtypes", "min_ndim", "max_ndim", "max_numel", "optional")
 
-    def __init__(self, *dtypes: torch.dtype, ndim: tuple[int, int], max_numel: int | None = None) -> None:
+    def __init__(self, *dtypes: torch.dtype, ndim: tuple[int, int], max_numel: int | None = None,
+                 optional: bool = False) -> None:
         self.dtypes = frozenset(dtypes)
         self.min_ndim, self.max_ndim = ndim
         self.max_numel = max_numel
+        self.optional = optional
 
     def check(self, kind: str, path: str, value: Any) -> Any:
+        if value is None and self.optional:
+            return None
         if not isinstance(value, torch.Tensor):
             _fail(kind, path, f"must be a tensor, got {type(value).__name__}")
         if value.dtype not in self.dtypes:
@@ -347,8 +358,23 @@ Seconds = Annotated[float, _Real(0.0)]
 Key = Annotated[bytes, _Raw(32)]
 Nonce = Annotated[bytes, _Raw(32)]
 Signature = Annotated[bytes, _Raw(64)]
-_ACTIVATION = (torch.float32, torch.bfloat16, torch.float16, torch.int64, torch.int32)
+_ACTIVATION = (torch.float32, torch.bfloat16, torch.float16, torch.int64, torch.int32, torch.int8)
 Activation = Annotated[torch.Tensor, _Tensor(*_ACTIVATION, ndim=(1, 4))]
+
+
+class _Elided:
+    """Marks a field with a default that is left out of the frame while it holds that default.
+
+    An absent key reads as the default, so peers that predate the field still understand
+    each other as long as it keeps its default.
+    """
+
+    __slots__ = ()
+
+
+ELIDED = _Elided()
+Codec = Annotated[str, _Choice(*CODECS), ELIDED]
+Scales = Annotated[torch.Tensor | None, _Tensor(torch.float32, ndim=(1, 4), optional=True), ELIDED]
 
 _PROFILE = _Object(HardwareProfile, {
     "node_id": _Text(128),
@@ -377,6 +403,7 @@ class Message:
     _WIRE: ClassVar[tuple[tuple[str, str, _Codec], ...]]  # (attribute, header key, codec)
     _TENSORS: ClassVar[tuple[tuple[str, _Tensor], ...]]
     _CHECKS: ClassVar[tuple[tuple[str, _Codec | _Tensor], ...]]
+    _ELIDED: ClassVar[Mapping[str, Any]]  # attribute -> the default it is left out at
 
     def __post_init__(self) -> None:
         for name, codec in self._CHECKS:
@@ -391,29 +418,43 @@ class Message:
 
     def to_frame(self) -> bytes:
         """Encode this message as one frame (bytes for one websocket binary message)."""
-        header = {key: codec.to_json(getattr(self, name)) for name, key, codec in self._WIRE}
-        tensors = {name: getattr(self, name) for name, _ in self._TENSORS}
+        header = {key: codec.to_json(getattr(self, name)) for name, key, codec in self._WIRE
+                  if not self._at_default(name)}
+        tensors = {name: getattr(self, name) for name, _ in self._TENSORS if not self._at_default(name)}
         return encode_frame(self.KIND, header, tensors)
+
+    def _at_default(self, name: str) -> bool:
+        if name not in self._ELIDED:
+            return False
+        value, default = getattr(self, name), self._ELIDED[name]
+        return value is default or (not isinstance(value, torch.Tensor) and value == default)
 
     @classmethod
     def from_frame(cls, frame: Frame) -> Self:
         """Build this message from a decoded frame; every field must be present, valid and expected."""
         if frame.kind != cls.KIND:
             raise ProtocolViolation(f"expected a {cls.KIND} message, got {frame.kind!r}", hint=_HINT)
-        _exact_keys(cls.KIND, "field", frame.header.keys(), [key for _, key, _ in cls._WIRE])
-        _exact_keys(cls.KIND, "tensor", frame.tensors.keys(), [n for n, _ in cls._TENSORS])
-        kwargs = {name: codec.from_json(cls.KIND, name, frame.header[key]) for name, key, codec in cls._WIRE}
-        kwargs.update((name, frame.tensors[name]) for name, _ in cls._TENSORS)
+        elided = cls._ELIDED
+        _exact_keys(cls.KIND, "field", frame.header.keys(), [key for _, key, _ in cls._WIRE],
+                    optional=[key for name, key, _ in cls._WIRE if name in elided])
+        _exact_keys(cls.KIND, "tensor", frame.tensors.keys(), [n for n, _ in cls._TENSORS],
+                    optional=[n for n, _ in cls._TENSORS if n in elided])
+        kwargs = {name: codec.from_json(cls.KIND, name, frame.header[key])
+                  for name, key, codec in cls._WIRE if key in frame.header}
+        kwargs.update((name, frame.tensors[name]) for name, _ in cls._TENSORS if name in frame.tensors)
         return cls(**kwargs)
 
 
-def _exact_keys(kind: str, what: str, got: typing.KeysView[str], expected: list[str]) -> None:
+def _exact_keys(kind: str, what: str, got: typing.KeysView[str], expected: list[str], *,
+                optional: Sequence[str] = ()) -> None:
     if len(got) == len(expected) and got == set(expected):
         return
-    missing = [k for k in expected if k not in got]
+    missing = [k for k in expected if k not in got and k not in optional]
     extra = sorted(k for k in got if k not in expected)
     if missing:
         raise ProtocolViolation(f"{kind} message: missing {what} {missing[0]!r}", hint=_HINT)
+    if not extra:
+        return
     raise ProtocolViolation(f"{kind} message: unexpected {what} {_short(extra[0])}", hint=_HINT)
 
 
@@ -432,6 +473,7 @@ def _message(cls: _M) -> _M:
         codec = hints[f.name].__metadata__[0]
         (tensors if isinstance(codec, _Tensor) else fields).append((f.name, codec))
     cls._FIELDS, cls._TENSORS = tuple(fields), tuple(tensors)
+    cls._ELIDED = {f.name: f.default for f in dataclasses.fields(cls) if ELIDED in hints[f.name].__metadata__[1:]}
     cls._CHECKS = cls._FIELDS + cls._TENSORS
     cls._WIRE = tuple((name, codec.wire_name or name, codec) for name, codec in fields)
     if cls.KIND in _REGISTRY:
@@ -518,6 +560,8 @@ class Assign(Message):
 
     ``dtype`` is the compute dtype; ``max_tokens`` the context length to budget the KV
     cache for. Several assignments may be live at once; each has its own id.
+    ``signature`` is the pool key's signature over all the rest (see
+    :mod:`core.protocol.signing`); a volunteer refuses an assignment it does not verify.
     """
 
     KIND: ClassVar[str] = "assign"
@@ -529,6 +573,7 @@ class Assign(Message):
     dtype: Annotated[str, _Choice("float32", "bfloat16", "float16")]
     tensors: Annotated[tuple[TensorSpec, ...], _Specs()]
     max_tokens: Annotated[int, _Int(1, 2**24)]
+    signature: Signature
 
 
 @_message
@@ -606,6 +651,9 @@ class Forward(Message):
     ``x`` holds token ids (first stage) or hidden states at positions ``start_pos``
     onwards. A stage whose cache for the session is longer than ``start_pos`` first
     truncates it to ``start_pos`` (replay, recompute); a shorter cache is an error.
+    ``codec`` (:mod:`core.protocol.codec`) is the link's activation codec: hidden states
+    in ``x`` (with int8 ``scales``) travel in it, and so does the answer's hidden state;
+    a last stage answers with logits in ``logits_codec``.
     """
 
     KIND: ClassVar[str] = "forward"
@@ -614,18 +662,41 @@ class Forward(Message):
     assignment_id: Id
     start_pos: Annotated[int, _Int(0, 2**31)]
     x: Activation
+    codec: Codec = "model"
+    scales: Scales = None
+    logits_codec: Codec = "model"
+
+    def _check(self) -> None:
+        _check_activation(self.KIND, "x", self.codec, self.x, self.scales)
 
 
 @_message
 @dataclass(frozen=True, slots=True)
 class Result(Message):
-    """Volunteer -> coordinator: the output of one step and the compute time it took."""
+    """Volunteer -> coordinator: the output of one step and the compute time it took.
+
+    ``y`` travels in ``codec`` (with int8 ``scales``). ``batch`` is how many steps ran as
+    one forward with this one; ``compute_s`` is then the whole batch's time.
+    """
 
     KIND: ClassVar[str] = "result"
     step_id: Count
     session_id: Id
     compute_s: Seconds
     y: Activation
+    codec: Codec = "model"
+    scales: Scales = None
+    batch: Annotated[int, _Int(1, 2**16), ELIDED] = 1
+
+    def _check(self) -> None:
+        _check_activation(self.KIND, "y", self.codec, self.y, self.scales)
+
+
+def _check_activation(kind: str, path: str, codec: str, data: torch.Tensor, scales: torch.Tensor | None) -> None:
+    try:
+        check_payload(codec, data, scales)
+    except ProtocolViolation as exc:
+        _fail(kind, path, f"does not fit its codec: {exc.message}")
 
 
 @_message

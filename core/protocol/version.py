@@ -9,4 +9,5 @@ from __future__ import annotations
 
 from typing import Final
 
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2
+"""2: signed assignments, activation codecs and batched results; TLS bound to the pool key."""

@@ -109,7 +109,7 @@ GOOD_BODY = struct.pack("<2f", 1.0, 2.0)
         (b"", ProtocolViolation, "truncated frame: 0 bytes"),
         (b"BFLY\x01\x00", ProtocolViolation, "truncated frame"),
         (b"HTTP/1.1 200 OK\r\n", ProtocolViolation, "not a Butterfly frame"),
-        (raw_frame({"kind": "k", "tensors": []}, version=2), VersionMismatch, "protocol version 2"),
+        (raw_frame({"kind": "k", "tensors": []}, version=PROTOCOL_VERSION + 1), VersionMismatch, f"protocol version {PROTOCOL_VERSION + 1}"),
         (raw_frame({"kind": "k", "tensors": []}, header_len=2 * 10**6), FrameTooLarge, "header of 2000000 bytes"),
         (raw_frame({"kind": "k", "tensors": []}, header_len=1000), ProtocolViolation, "header declares 1000"),
         (raw_frame(b"\xff\xfe{}"), ProtocolViolation, "not valid UTF-8"),

@@ -251,7 +251,7 @@ def test_a_chunk_larger_than_asked_is_refused() -> None:
 
 def test_a_hello_of_another_protocol_version_closes_with_its_own_code() -> None:
     conn = fresh(C)
-    with pytest.raises(ProtocolViolation, match="volunteer speaks protocol 9, this side speaks 1"):
+    with pytest.raises(ProtocolViolation, match="volunteer speaks protocol 9, this side speaks 2"):
         conn.receive(hello(protocol_version=9).to_frame())
     assert conn.state is State.CLOSED and conn.close_code == 4001
 
