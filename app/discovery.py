@@ -50,9 +50,10 @@ class DiscoveredPool:
 
     @property
     def ws_url(self) -> str:
-        """The websocket a volunteer dials, e.g. ``ws://192.168.1.20:8765/ws``."""
+        """The websocket a volunteer dials, e.g. ``wss://192.168.1.20:8765/ws`` (``ws://`` for a development pool)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"ws://{host}:{self.port}{self.advert.ws_path}"
+        scheme = "wss" if self.advert.tls else "ws"
+        return f"{scheme}://{host}:{self.port}{self.advert.ws_path}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -104,7 +104,7 @@ def coordinator_argv(request: HostRequest, *, python: str, lan_address: str | No
     if request.share_on_network:
         argv += ["--host", "0.0.0.0"]
         if lan_address:
-            argv += ["--public-url", f"http://{lan_address}:{request.port}"]
+            argv += ["--public-url", f"https://{lan_address}:{request.port}"]
     else:
         argv += ["--host", "127.0.0.1"]
     if request.open_pool:

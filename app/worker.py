@@ -280,6 +280,8 @@ async def _serve(request: WorkerRequest, emit: _Emitter, reader: _LineReader) ->
                                   name=request.name, profile=profile)
     if "memory_cap_bytes" in fields:
         values["memory_cap_bytes"] = request.memory_bytes
+    if "pool_id" in fields and request.expected_pool_id:
+        values["pool_id"] = request.expected_pool_id  # pinned before anything is sent
     config = volunteer_module.VolunteerConfig(**values)
     service_class = getattr(volunteer_module, "VolunteerService", None)
     tally = _StepTally()

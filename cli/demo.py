@@ -94,7 +94,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 )
             if args.keep:
                 print(f"\nThe pool keeps running at {coordinator.url} (Ctrl-C to stop).")
-                print(f'Try: butterfly generate --url {coordinator.url} "Tell me a joke"', flush=True)
+                print(f'Try: butterfly generate --url {coordinator.url} --pool-id {coordinator.pool_id} "Tell me a joke"', flush=True)
                 stop = asyncio.Event()
                 from cli.commands import _on_interrupt
 

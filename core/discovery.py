@@ -88,6 +88,7 @@ class PoolAdvert:
     layers: int = 0
     model_mib: int = 0
     needed_mib: int = 0
+    tls: bool = True
 
     def __post_init__(self) -> None:
         problem = _problem(self)
@@ -114,6 +115,7 @@ def encode_txt(advert: PoolAdvert) -> dict[bytes, bytes]:
         "layers": str(advert.layers),
         "mib": str(advert.model_mib),
         "need": str(advert.needed_mib),
+        "tls": "1" if advert.tls else "0",
     }
     return {key.encode("ascii"): value.encode("utf-8") for key, value in fields.items()}
 
@@ -159,6 +161,7 @@ def decode_txt(properties: Mapping[bytes | str, bytes | str | None]) -> PoolAdve
             layers=_count(text, "layers"),
             model_mib=_count(text, "mib", limit=MAX_MIB),
             needed_mib=_count(text, "need", limit=MAX_MIB),
+            tls=text.get("tls", "1") != "0",
         )
     except ConfigError as exc:
         raise ProtocolViolation(exc.message.removeprefix("cannot advertise this pool: ")) from None

@@ -165,6 +165,30 @@ def peer_pool_id(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> str:
     return pool_id_of_certificate(ssl_object.getpeercert(binary_form=True))
 
 
+def pinned_https_context(url: str, pool_id: str | None, *, timeout: float = 10.0) -> tuple[ssl.SSLContext, str]:
+    """A client context that trusts exactly the certificate the pool at ``url`` presents now.
+
+    The certificate is fetched once, its key checked against ``pool_id`` (no pin: it is
+    accepted and its id returned for the caller to show), and then used as the only
+    trust anchor — so the real request succeeds only against the holder of that pool
+    key. Host names are not checked: the key is the identity. Returns the context and
+    the pool id seen.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ConfigError(f"not an https:// address: {url!r}", hint="use the coordinator's https:// address")
+    try:
+        pem = ssl.get_server_certificate((parts.hostname, parts.port or 443), timeout=timeout)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot reach the coordinator at {url}: {exc}", hint="check the address and that it is running") from exc
+    cert = x509.load_pem_x509_certificate(pem.encode())
+    seen = pool_id_of_certificate(cert.public_bytes(serialization.Encoding.DER))
+    check_pin(seen, pool_id, where=url)
+    context = ssl.create_default_context(cadata=pem)
+    context.check_hostname = False
+    return context, seen
+
+
 def check_pin(seen: str, pinned: str | None, *, where: str) -> None:
     """Refuse a pool whose key is not the pinned one (no pin: nothing to compare yet)."""
     if pinned is not None and seen != pinned:
@@ -180,6 +204,7 @@ __all__ = [
     "client_context",
     "is_loopback_host",
     "peer_pool_id",
+    "pinned_https_context",
     "pool_certificate",
     "pool_id_of_certificate",
     "require_loopback",

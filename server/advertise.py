@@ -54,6 +54,7 @@ def build_advert(
     model_bytes: int,
     volunteer_memory: Sequence[int],
     ws_path: str = "/ws",
+    tls: bool = True,
 ) -> PoolAdvert:
     """The advert for a pool in this state; names are clipped to what a TXT record carries.
 
@@ -71,6 +72,7 @@ def build_advert(
         layers=max(0, layers),
         model_mib=-(-max(0, model_bytes) // _MIB),
         needed_mib=-(-max(0, model_bytes - offered) // _MIB),
+        tls=tls,
     )
 
 
@@ -87,6 +89,7 @@ def coordinator_advert(coordinator: Coordinator) -> PoolAdvert:
         layers=int(coordinator.model.config.num_layers),
         model_bytes=sum(entry.nbytes for entry in manifest.tensors.values()),
         volunteer_memory=[int(v.get("memory_bytes", 0)) for v in volunteers if not v.get("draining")],
+        tls=not coordinator.config.insecure_loopback,
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from app.discovery import (
@@ -78,7 +80,10 @@ def test_pick_address_prefers_routable_ipv4(addresses: list[str], expected: str 
 def test_pool_from_service_reads_a_valid_answer_and_refuses_bad_ones() -> None:
     advert = PoolAdvert(pool_id=IDS[0], pool_name="p", model="m", invite_required=True, ws_path="/ws")
     found = pool_from_service("p._butterfly._tcp.local.", encode_txt(advert), ["fd00::1"], 9000)
-    assert found.advert == advert and found.ws_url == "ws://[fd00::1]:9000/ws"
+    assert found.advert == advert and found.ws_url == "wss://[fd00::1]:9000/ws"
+    development = replace(advert, tls=False)
+    plain = pool_from_service("p._butterfly._tcp.local.", encode_txt(development), ["127.0.0.1"], 9000)
+    assert plain.advert.tls is False and plain.ws_url == "ws://127.0.0.1:9000/ws"
     with pytest.raises(ProtocolViolation, match="address"):
         pool_from_service("p", encode_txt(advert), [], 9000)
     with pytest.raises(ProtocolViolation, match="port"):

@@ -21,7 +21,7 @@ def test_argv_for_a_private_pool() -> None:
 
 def test_argv_for_an_open_pool_shared_on_the_network() -> None:
     argv = coordinator_argv(HostRequest(model="/m/x.gguf", port=9000, share_on_network=True, open_pool=True), python="py", lan_address="192.168.1.7")
-    assert argv[-5:] == ["--host", "0.0.0.0", "--public-url", "http://192.168.1.7:9000", "--open"]
+    assert argv[-5:] == ["--host", "0.0.0.0", "--public-url", "https://192.168.1.7:9000", "--open"]
 
 
 @pytest.mark.parametrize(

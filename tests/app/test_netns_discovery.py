@@ -89,5 +89,5 @@ def test_a_pool_in_one_namespace_is_found_from_another_within_a_second() -> None
             except subprocess.TimeoutExpired:
                 advertiser.kill()
         assert result["found"], f"the pool in {ns_a} was not found from {ns_b}: {browse.stderr[-2000:]}"
-        assert result["ws_url"] == f"ws://{address_a}:8765/ws"
+        assert result["ws_url"] == f"wss://{address_a}:8765/ws"
         assert result["found_after_s"] < 1.0, f"found only after {result['found_after_s']:.2f} s"

@@ -88,10 +88,11 @@ def test_coordinator_invite_volunteer_generate_and_ctrl_c_drain(env: dict[str, s
     coord = butterfly("coordinator", "--model", str(tiny_llama_dir), "--port", "0", "--data-dir", str(tmp_path / "pool"), env=env)
     procs = [coord]
     try:
-        url = read_until(coord, r"clients:\s+(http://\S+)").group(1)
+        pool_id = read_until(coord, r"\((bf1\S+)\) serving").group(1)
+        url = read_until(coord, r"clients:\s+(https://\S+)").group(1)
         read_until(coord, r"invite:")
         # A second invite made from the command line, as a host would.
-        ws_url = url.replace("http://", "ws://") + "/ws"
+        ws_url = url.replace("https://", "wss://") + "/ws"
         made = subprocess.run(
             [sys.executable, "-m", "cli", "invite", "--data-dir", str(tmp_path / "pool"), "--url", ws_url, "--uses", "1", "--ttl", "10m"],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
@@ -104,7 +105,7 @@ def test_coordinator_invite_volunteer_generate_and_ctrl_c_drain(env: dict[str, s
         procs.append(vol)
         read_until(vol, r"serving layers")
         gen = subprocess.run(
-            [sys.executable, "-m", "cli", "generate", "--url", url, "--raw", "t5 t6 t7", "--max-tokens", "12"],
+            [sys.executable, "-m", "cli", "generate", "--url", url, "--pool-id", pool_id, "--raw", "t5 t6 t7", "--max-tokens", "12"],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
         )
         assert gen.returncode == 0, gen.stderr

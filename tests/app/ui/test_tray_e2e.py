@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import sys
 import time
@@ -99,9 +100,11 @@ async def next_event(proc: asyncio.subprocess.Process, want: str, *, timeout: fl
             return event
 
 
-async def generate(url: str, prompt: str, max_tokens: int) -> list[dict[str, Any]]:
+async def generate(url: str, prompt: str, max_tokens: int, *, cafile: Path) -> list[dict[str, Any]]:
+    """Stream from the pool's API over HTTPS, trusting only the pool's own certificate."""
     body = {"prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True}
-    async with aiohttp.ClientSession() as http, http.post(url + "/api/generate", json=body) as response:
+    trust = ssl.create_default_context(cafile=str(cafile))
+    async with aiohttp.ClientSession() as http, http.post(url + "/api/generate", json=body, ssl=trust) as response:
         assert response.status == 200, await response.text()
         return [json.loads(line) async for line in response.content if line.strip()]
 
@@ -151,13 +154,13 @@ async def test_tray_finds_pool_over_mdns_joins_from_menu_and_serves(tiny_model, 
             while not coordinator.pool.pipelines:
                 assert time.monotonic() < deadline, "the pool never became ready"
                 await asyncio.sleep(0.05)
-            lines = await generate(coordinator.url, "t5 t6 t7", 8)
+            lines = await generate(coordinator.url, "t5 t6 t7", 8, cafile=tmp_path / "coordinator" / "pool_cert.pem")
             assert not [line for line in lines if "error" in line], lines
             assert lines[-1]["usage"]["completion_tokens"] == 8
             assert link.steps_served >= 8
             busy_until = time.monotonic() + 4  # a few seconds of steady work for the status window's graph
             while time.monotonic() < busy_until:
-                await generate(coordinator.url, "t9 t10", 24)
+                await generate(coordinator.url, "t9 t10", 24, cafile=tmp_path / "coordinator" / "pool_cert.pem")
                 await asyncio.sleep(0.1)
             await asyncio.sleep(1.2)
             assert proc.stdin is not None
