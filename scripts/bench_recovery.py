@@ -64,9 +64,17 @@ async def bench(trials: int, tokens: int, kill_after: int, volunteers: int, seed
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
 
+    def spares_loaded() -> bool:
+        pool = coordinator.pool
+        return all(
+            node in pool.links and aid in pool.links[node].loads and pool.links[node].loads[aid].ready.is_set()
+            for node, copies in pool.spares.items() for aid, _ in copies
+        )
+
     async def settled() -> None:
+        """Steady state: every volunteer connected and measured, a plan serving, hot spares loaded."""
         while not (coordinator.pool.pipelines and len(coordinator.pool.links) == volunteers
-                   and all(l.profiled.is_set() for l in coordinator.pool.links.values())):
+                   and all(l.profiled.is_set() for l in coordinator.pool.links.values()) and spares_loaded()):
             await asyncio.sleep(0.1)
         await asyncio.sleep(1.0)
 

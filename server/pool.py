@@ -21,19 +21,24 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from core.errors import InsufficientCapacity, PoolUnavailable
+from core.errors import AuthFailed, ButterflyError, InsufficientCapacity, PoolUnavailable
 from core.model.weights import shard_tensor_names
+from core.identity import Identity
 from core.protocol.messages import Assign, Drain, ProfileUpdate, TensorSpec
+from core.protocol.signing import UNSIGNED, sign_assignment
 from core.types import LayerRange, NodeId, Plan
 from server.health import MIN_SAMPLES, SpeedWatch, StepTimes
 from server.links import VolunteerLink
 from server.planner import plan as make_plan
-from server.planner import head_layer_equivalent, should_replan, with_estimates
+from server.planner import head_layer_equivalent, should_replan
+from server.repair import merged, repair_plan
 from server.routing import route
+from server.validation import TrustPolicy, Verdict, VolunteerTrust
+from server.verifier import Auditor, Verifier
 
 if TYPE_CHECKING:
     from core.store.store import StoredModel
@@ -45,6 +50,9 @@ PROFILE_WAIT_S = 60.0
 """A volunteer that never reports a measured profile is planned with its join profile after this."""
 WATCH_INTERVAL_S = 0.25
 """How often observed speeds are compared with the plan."""
+SPARE_DELAY_S = 3.0
+"""Hot spares start loading this long after a plan change, once moved sessions have replayed."""
+QUARANTINE_MESSAGE = "quarantined: your results disagreed with the pool's checks"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +71,9 @@ class LivePipeline:
 
     ``retired`` is set when the pool no longer sends new sessions here; ``switch``
     says whether running sessions should move at their next token (re-plan, failure)
-    or may finish here (a draining volunteer).
+    or may finish here (a draining volunteer). ``tainted`` is set when one of its
+    volunteers was quarantined: stage inputs recorded on it may be wrong, so its sessions
+    rebuild from their token ids.
     """
 
     stages: tuple[Stage, ...]
@@ -71,6 +81,7 @@ class LivePipeline:
     sessions: int = 0
     retired: bool = False
     switch: bool = False
+    tainted: bool = False
 
     @property
     def alive(self) -> bool:
@@ -103,8 +114,9 @@ class PoolEventLog:
 class Pool:
     """Volunteers, the current plan, and the live pipelines built from it."""
 
-    def __init__(self, config: CoordinatorConfig, model: StoredModel) -> None:
+    def __init__(self, config: CoordinatorConfig, model: StoredModel, *, identity: Identity | None = None) -> None:
         self.config = config
+        self.identity = identity  # the pool key that signs assignments (unsigned without one)
         self.model = model
         self.model_config = model.config
         self.spec = self.model_config.model_spec(
@@ -128,7 +140,17 @@ class Pool:
         self._planned_speed: dict[NodeId, float] = {}
         self._watches: dict[NodeId, SpeedWatch] = {}
         self._changed = asyncio.Event()
+        self._urgent = False  # a serving volunteer failed: plan without waiting for joins to settle
+        self._broken: LivePipeline | None = None  # the pipeline a failure broke, to repair in place
+        self.spares: dict[NodeId, list[tuple[str, tuple[int, int]]]] = {}  # idle volunteer -> its (assignment, stage) copies
         self._tasks: list[asyncio.Task[None]] = []
+        self.auditor = Auditor(
+            Verifier(model, dtype=config.dtype, max_tokens=config.context_tokens),
+            TrustPolicy(config.verify_share, config.probation_steps, config.strikes_to_quarantine),
+            dtype=config.dtype, on_strike=self._on_strike, on_quarantine=self.quarantine,
+        )
+        self.quarantined: dict[NodeId, dict[str, object]] = {}  # what the views show of them, since start
+        self.on_quarantine: Callable[[NodeId, str], None] | None = None  # persists one (the coordinator bans the key)
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -144,11 +166,15 @@ class Pool:
                 await task
             except asyncio.CancelledError:
                 pass
+        self.auditor.close()
 
     # --- events from links -----------------------------------------------------------
 
     def add(self, link: VolunteerLink) -> None:
         if link.closed.is_set():
+            return
+        if link.node_id in self.quarantined:
+            asyncio.create_task(link.channel.fail(_quarantine_error()))
             return
         old = self.links.get(link.node_id)
         if old is not None and not old.closed.is_set():
@@ -177,8 +203,10 @@ class Pool:
             self.events.add("failure" if used and not link.draining else "leave", f"{link.name} left: {link.close_reason}")
             for p in self.pipelines:
                 if not p.alive:
+                    self._broken = self._broken or p
                     p.retired, p.switch = True, True
             self._prune()
+            self._urgent = used
             self._changed.set()
         elif isinstance(event, Drain):
             self.events.add("drain", f"{link.name} is draining: {event.reason}")
@@ -208,11 +236,14 @@ class Pool:
     async def _plan_loop(self) -> None:
         while True:
             await self._changed.wait()
-            await asyncio.sleep(self.config.settle_s)
+            if not self._urgent:
+                await asyncio.sleep(self.config.settle_s)
+            self._urgent = False
             self._changed.clear()
             try:
                 await self._replan_if_needed()
                 await self._release_drained()
+                await self._refresh_spares()
                 await self._collect_assignments()
             except asyncio.CancelledError:
                 raise
@@ -223,7 +254,7 @@ class Pool:
     def _candidates(self) -> list[VolunteerLink]:
         return [
             l for l in self.links.values()
-            if not l.draining and not l.closed.is_set() and l.profiled.is_set()
+            if not l.draining and not l.closed.is_set() and l.profiled.is_set() and l.node_id not in self.quarantined
         ]
 
     def _profiles(self) -> dict[NodeId, object]:
@@ -237,6 +268,10 @@ class Pool:
             return
         if not candidates:
             return
+        if not serving and self._broken is not None:
+            broken, self._broken = self._broken, None
+            if await self._repair(broken, candidates):
+                return
         try:
             candidate = make_plan(self.spec, [l.profile for l in candidates], max_pipelines=self.config.max_pipelines)
         except InsufficientCapacity as exc:
@@ -250,17 +285,53 @@ class Pool:
             if wait > 0:  # optional re-plans are rate-limited so the pool does not thrash
                 asyncio.get_running_loop().call_later(wait, self._changed.set)
                 return
-            current = with_estimates(self.spec, Plan(tuple(_as_plan_pipeline(p) for p in self.pipelines)), self._profiles())
+            profiles = self._profiles()
+            current = Plan(tuple(merged(_as_plan_pipeline(p), self.spec, profiles) for p in self.pipelines))
             if not should_replan(current, candidate, min_gain=self.config.min_gain):
                 return
         live = await self._activate(candidate)
         if not live:
             return
+        self._install(candidate, live, "rebalance" if self.replans > 0 else "plan")
+
+    async def _repair(self, broken: LivePipeline, candidates: list[VolunteerLink]) -> bool:
+        """Put a pipeline a failure broke back in service, moving only the lost layers.
+
+        See :mod:`server.repair`. The survivors keep their loaded stages (and the
+        sessions' caches on them), so a moved session replays only the lost layers. The
+        optimal plan is considered again after the cooldown. False if no repair fits.
+        """
+        current = {l.node_id: l for l in candidates}
+        lost = frozenset(s.link.node_id for s in broken.stages if current.get(s.link.node_id) is not s.link)
+        survivors = {s.link.node_id for s in broken.stages} - lost
+        idle = [n for n in current if n not in survivors and not any(
+            s.link.node_id == n for p in self.pipelines for s in p.stages
+        )]
+        ready = {
+            n: [state.layers for state in l.loads.values() if state.ready.is_set()] for n, l in current.items()
+        }
+        repaired = repair_plan(
+            self.spec, _as_plan_pipeline(broken), lost, {n: l.profile for n, l in current.items()}, idle=idle, ready=ready
+        )
+        if repaired is None:
+            return False
+        plan = Plan((merged(repaired, self.spec, {n: l.profile for n, l in current.items()}),))
+        live = await self._activate(Plan((repaired,)))
+        if not live:
+            return False
+        live[0].bottleneck_s = plan.bottleneck_s
+        self._install(plan, live, "repair")
+        asyncio.get_running_loop().call_later(self.config.rebalance_cooldown_s, self._changed.set)
+        return True
+
+    def _install(self, plan: Plan, live: list[LivePipeline], kind: str) -> None:
+        """Serve ``live`` from now on; pipelines in service until now finish or move their sessions."""
         for p in self.pipelines:
             p.retired, p.switch = True, True
-        self._prune()  # the old pipelines finish or move their running sessions
+        self._prune()
+        self._broken = None
         self.pipelines = live
-        self.plan = candidate
+        self.plan = plan
         self.replans += 1
         self._last_switch = time.monotonic()
         self.last_error = None
@@ -270,7 +341,9 @@ class Pool:
             for s in p.stages:
                 s.link.times = StepTimes()
         self.ready.set()
-        self.events.add("rebalance" if self.replans > 1 else "plan", "plan: " + "; ".join(
+        if self.auditor.active:  # build the checking shards before the first checks need them
+            self.auditor.verifier.warm(LayerRange(s.start, s.end, self.model_config.num_layers) for p in live for s in p.stages)
+        self.events.add(kind, "plan: " + "; ".join(
             ", ".join(f"{s.link.name} [{s.start}, {s.end})" for s in p.stages) for p in live
         ))
 
@@ -309,7 +382,7 @@ class Pool:
     def _assignment(self, layers: LayerRange) -> Assign:
         names = shard_tensor_names(self.model_config, layers)
         entries = [self.model.manifest.tensors[n] for n in names]
-        return Assign(
+        assign = Assign(
             assignment_id=uuid.uuid4().hex[:16],
             model_id=self.model.manifest.model_id,
             model_name=self.model.manifest.name,
@@ -318,11 +391,52 @@ class Pool:
             dtype=self.config.dtype,
             tensors=tuple(TensorSpec(name=e.name, dtype=e.dtype, shape=tuple(e.shape), nbytes=e.nbytes, sha256=e.sha256) for e in entries),
             max_tokens=self.config.context_tokens,
+            signature=UNSIGNED,
         )
+        return assign if self.identity is None else sign_assignment(self.identity, assign)
+
+    async def _refresh_spares(self) -> None:
+        """Have each idle volunteer hold copies of serving stages, ready to take over.
+
+        A spare takes copies of as many stages as its memory holds, the least-covered and
+        largest first, so a loss of any stage usually finds a ready copy; copies of stages
+        still served are kept. They load in the background and serve nothing until a
+        repair (:mod:`server.repair`) picks one.
+        """
+        if not self.config.hot_spares or not self.pipelines:
+            self.spares = {}
+            return
+        wait = self._last_switch + SPARE_DELAY_S - time.monotonic()
+        if wait > 0:  # not while moved sessions replay: loading would slow them down
+            asyncio.get_running_loop().call_later(wait, self._changed.set)
+            return
+        serving = {s.link.node_id for p in self.pipelines for s in p.stages}
+        ranges = sorted({(s.start, s.end) for p in self.pipelines for s in p.stages}, key=lambda r: (r[0] - r[1], r[0]))
+        total = self.model_config.num_layers
+        spares: dict[NodeId, list[tuple[str, tuple[int, int]]]] = {}
+        for link in [l for l in self._candidates() if l.node_id not in serving]:
+            kept = [(aid, r) for aid, r in self.spares.get(link.node_id, []) if r in ranges and aid in link.loads]
+            spares[link.node_id] = kept
+        for link in [l for l in self._candidates() if l.node_id in spares]:
+            held = spares[link.node_id]
+            room = link.profile.memory_bytes - sum(self.spec.stage_bytes(LayerRange(*r, total)) for _, r in held)
+            covered = [r for copies in spares.values() for _, r in copies]
+            for choice in sorted(ranges, key=lambda r: (covered.count(r), ranges.index(r))):
+                layers = LayerRange(*choice, total)
+                if any(r == choice for _, r in held) or self.spec.stage_bytes(layers) > room:
+                    continue
+                assignment = self._assignment(layers)
+                cost = len(layers) + (head_layer_equivalent(self.spec) if layers.is_last else 0.0)
+                await link.assign(assignment, cost_layers=cost)
+                held.append((assignment.assignment_id, choice))
+                room -= self.spec.stage_bytes(layers)
+                self.events.add("spare", f"{link.name} loads a copy of layers {layers} as a hot spare")
+        self.spares = {node: copies for node, copies in spares.items() if copies}
 
     async def _collect_assignments(self) -> None:
         """Drop assignments that no pipeline in service or still finishing uses."""
         used = {(s.link.node_id, s.assignment_id) for p in self.pipelines + self.retired for s in p.stages}
+        used |= {(node, aid) for node, copies in self.spares.items() for aid, _ in copies}
         for link in list(self.links.values()):
             for aid, state in list(link.loads.items()):
                 if (link.node_id, aid) not in used and state.ready.is_set():
@@ -412,9 +526,55 @@ class Pool:
             asyncio.create_task(link.channel.close(4005, "stage failed"))
         for p in self.pipelines:
             if link is not None and any(s.link is link for s in p.stages):
+                self._broken = self._broken or p
                 p.retired, p.switch = True, True
         self._prune()
+        self._urgent = True
         self._changed.set()
+
+    # --- trust -----------------------------------------------------------------------
+
+    def _on_strike(self, link: VolunteerLink, trust: VolunteerTrust, verdict: Verdict) -> None:
+        self.events.add(
+            "strike",
+            f"{link.name} disagreed with the pool's check ({verdict.reason}); "
+            f"strike {trust.strikes} of {self.auditor.ledger.policy.strikes_to_quarantine}",
+        )
+
+    def quarantine(self, link: VolunteerLink, trust: VolunteerTrust) -> None:
+        """Stop using a volunteer whose results disagreed too often; the pool re-plans without it.
+
+        Its connection is closed with an error saying why, ``on_quarantine`` persists the
+        decision, and every pipeline it served is retired and marked ``tainted``: their
+        sessions move at their next token and rebuild from their token ids.
+        """
+        reason = f"{QUARANTINE_MESSAGE} ({trust.strikes} disagreements in {trust.audits} checks)"
+        self.quarantined[link.node_id] = {
+            "name": link.name, "os": link.os_name, "device": link.profile.device,
+            "memory_bytes": link.profile.memory_bytes, "steps": link.steps_served, "at": time.time(),
+        }
+        self.events.add("quarantine", f"{link.name} was quarantined after {trust.strikes} disagreements "
+                                      f"in {trust.audits} checks ({link.steps_served} steps served)")
+        for p in self.pipelines + self.retired:
+            if any(s.link is link for s in p.stages):
+                if p in self.pipelines:
+                    self._broken = self._broken or p
+                p.tainted, p.retired, p.switch = True, True, True
+        if self.on_quarantine is not None:
+            try:
+                self.on_quarantine(link.node_id, reason)
+            except ButterflyError as exc:
+                log.warning("could not record the quarantine of %s: %s", link.name, exc)
+        if not link.closed.is_set():
+            link.close_reason = reason
+            asyncio.create_task(link.channel.fail(_quarantine_error()))
+        self._prune()
+        self._urgent = True
+        self._changed.set()
+
+    def _trust_view(self, node_id: NodeId) -> dict[str, object]:
+        trust = self.auditor.trust(node_id)
+        return {"trust": trust.state.value, "strikes": trust.strikes, "verified_steps": trust.verified_steps}
 
     # --- views -----------------------------------------------------------------------
 
@@ -441,8 +601,17 @@ class Pool:
                     "layers": [
                         [s.start, s.end] for p in self.pipelines for s in p.stages if s.link is l
                     ],
+                    **self._trust_view(l.node_id),
                 }
                 for l in self.links.values()
+                if l.node_id not in self.quarantined
+            ] + [
+                {
+                    "node_id": node_id, "name": q["name"], "os": q["os"], "device": q["device"],
+                    "memory_bytes": q["memory_bytes"], "seconds_per_layer": 0.0, "observed_seconds_per_layer": None,
+                    "rtt_ms": None, "draining": False, "steps": q["steps"], "layers": [], **self._trust_view(node_id),
+                }
+                for node_id, q in self.quarantined.items()
             ],
             "pipelines": [p.describe() for p in self.pipelines],
             "events": self.events.entries[-50:],
@@ -470,6 +639,13 @@ def _as_plan_pipeline(p: LivePipeline):  # noqa: ANN202 - core.types.Pipeline
 
     total = p.stages[-1].end
     return Pipeline(tuple(StageAssignment(s.link.node_id, LayerRange(s.start, s.end, total)) for s in p.stages))
+
+
+def _quarantine_error() -> AuthFailed:
+    return AuthFailed(
+        QUARANTINE_MESSAGE,
+        hint="check this machine's hardware and Butterfly install; the host can lift it (unban the key)",
+    )
 
 
 def _torch_dtype(name: str):  # noqa: ANN202 - torch is imported lazily for start-up time

@@ -6,11 +6,17 @@ new layers and every stage must replay the session. :func:`repair_plan` instead 
 each surviving stage exactly as it is (its loaded layers and its sessions' caches stay
 valid) and covers only the lost layers ("gaps"):
 
-1. by an idle volunteer (connected but not in the plan) whose memory holds the whole
-   gap — the fastest such one;
-2. otherwise by the two survivors next to the gap, each taking one part as an extra
-   stage (split in proportion to their speed, within what their memory has left);
-3. otherwise by the single survivor with room for the whole gap — the fastest.
+- an idle volunteer (connected but not in the plan) whose memory holds the whole gap;
+- the two survivors next to the gap, each taking one part as an extra stage (split to
+  balance their whole load, within what their memory has left);
+- a single survivor with room for the whole gap.
+
+Of these, the one ready soonest wins: loads run in parallel, so the fewest layers any
+one volunteer must fetch and build; ties go to the fastest resulting stage. Idle
+volunteers are kept as *hot spares* holding a copy of a serving stage (see
+:meth:`server.pool.Pool`), so the usual repair loads nothing at all: the spare's copy is
+ready, and only the session's steps on those layers are replayed. An idle volunteer left
+out now is brought in by the next optimal re-plan.
 
 If no gap can be covered this way the result is ``None`` and the pool falls back to a
 full plan. The repaired pipeline may visit a volunteer twice (its old stage and a gap
@@ -22,7 +28,7 @@ optimum later, make-before-break, when that is worth it.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from core.types import HardwareProfile, LayerRange, ModelSpec, NodeId, Pipeline, StageAssignment
 from server.planner import stage_time_s
@@ -59,29 +65,49 @@ def _cover(
     gap: tuple[int, int],
     profiles: Mapping[NodeId, HardwareProfile],
     idle: list[NodeId],
+    ready: Mapping[NodeId, Collection[LayerRange]],
 ) -> list[StageAssignment] | None:
-    """New stages covering ``gap`` (in layer order), or ``None`` if nobody can hold it."""
+    """New stages covering ``gap`` (in layer order), or ``None`` if nobody can hold it.
+
+    Of the ways that fit, the one that is ready soonest wins: the fewest layers any one
+    volunteer must load (loads run in parallel; a range a volunteer already holds ready
+    costs nothing); then the fastest resulting stage.
+    """
+
+    def to_load(node: NodeId, layers: LayerRange) -> int:
+        return 0 if layers in ready.get(node, ()) else len(layers)
+
     total = model.num_layers
     start, end = gap
     whole = LayerRange(start, end, total)
-    fitting = [n for n in idle if model.stage_bytes(whole) <= profiles[n].memory_bytes]
-    fitting = [n for n in fitting if math.isfinite(_time(model, whole, profiles[n]))]
-    if fitting:
-        best = min(fitting, key=lambda n: (_time(model, whole, profiles[n]), n))
-        idle.remove(best)
-        return [StageAssignment(best, whole, _time(model, whole, profiles[best]))]
+    options: list[tuple[int, float, list[StageAssignment]]] = []
+    for n in idle:
+        cost = _time(model, whole, profiles[n])
+        if model.stage_bytes(whole) <= profiles[n].memory_bytes and math.isfinite(cost):
+            options.append((to_load(n, whole), cost, [StageAssignment(n, whole, cost)]))
     left = next((s.node_id for s in stages if s.layers.end == start), None)
     right = next((s.node_id for s in stages if s.layers.start == end), None)
     if left is not None and right is not None and left != right and end - start >= 2:
         split = _split(model, stages, gap, left, right, profiles)
         if split is not None:
-            return split
-    owners = {s.node_id for s in stages}
-    fitting = [n for n in owners if model.stage_bytes(whole) <= _free(model, stages, n, profiles)]
-    if not fitting:
+            worst = max(_load(model, stages + split, s.node_id, profiles) for s in split)
+            options.append((max(to_load(s.node_id, s.layers) for s in split), worst, split))
+    for n in {s.node_id for s in stages}:
+        if model.stage_bytes(whole) <= _free(model, stages, n, profiles):
+            cover = [StageAssignment(n, whole, _time(model, whole, profiles[n]))]
+            options.append((to_load(n, whole), _load(model, stages + cover, n, profiles), cover))
+    if not options:
         return None
-    best = min(fitting, key=lambda n: (_time(model, whole, profiles[n]), n))
-    return [StageAssignment(best, whole, _time(model, whole, profiles[best]))]
+    best = min(options, key=lambda o: (o[0], o[1], [s.node_id for s in o[2]]))
+    for s in best[2]:
+        if s.node_id in idle:
+            idle.remove(s.node_id)
+    return best[2]
+
+
+def _load(model: ModelSpec, stages: Sequence[StageAssignment], node: NodeId, profiles: Mapping[NodeId, HardwareProfile]) -> float:
+    """Seconds per token ``node`` spends on all its stages."""
+    return sum(_time(model, s.layers, profiles[node]) for s in stages if s.node_id == node)
 
 
 def _split(
@@ -123,11 +149,13 @@ def repair_plan(
     lost: frozenset[NodeId],
     profiles: Mapping[NodeId, HardwareProfile],
     idle: Sequence[NodeId] = (),
+    ready: Mapping[NodeId, Collection[LayerRange]] | None = None,
 ) -> Pipeline | None:
     """``broken`` with every stage on a ``lost`` volunteer replaced, surviving stages untouched.
 
     ``profiles`` must hold every surviving and idle volunteer; ``idle`` are volunteers
-    that serve no stage. Returns ``None`` when nothing is lost, when no stage survives,
+    that serve no stage; ``ready`` the layer ranges each volunteer already holds loaded
+    (a hot spare's copy of a stage), which cost no loading. Returns ``None`` when nothing is lost, when no stage survives,
     or when some lost layers fit nowhere. Memory is checked per volunteer over all the
     stages it would hold; stages are returned in layer order.
     """
@@ -139,7 +167,7 @@ def repair_plan(
     stages = list(survivors)
     spare = [n for n in idle if n in profiles and n not in lost and all(s.node_id != n for s in stages)]
     for gap in _gaps(broken, lost):
-        cover = _cover(model, stages, gap, profiles, spare)
+        cover = _cover(model, stages, gap, profiles, spare, ready or {})
         if cover is None:
             return None
         stages.extend(cover)

@@ -30,10 +30,10 @@ def spans(p: Pipeline) -> list[tuple[str, int, int]]:
     return [(s.node_id, s.layers.start, s.layers.end) for s in p.stages]
 
 
-def test_an_idle_volunteer_takes_the_whole_gap_and_survivors_keep_their_stages() -> None:
+def test_an_idle_volunteer_takes_the_whole_gap_when_the_neighbours_have_no_room() -> None:
     m = model()
     broken = pipeline(12, ("a", 0, 4), ("b", 4, 8), ("c", 8, 12))
-    profiles = {n: node(n) for n in "acd"}
+    profiles = {"a": node("a", memory=40), "c": node("c", memory=40), "d": node("d")}
     repaired = repair_plan(m, broken, frozenset({NodeId("b")}), profiles, idle=[NodeId("d")])
     assert repaired is not None
     assert spans(repaired) == [("a", 0, 4), ("d", 4, 8), ("c", 8, 12)]
@@ -42,9 +42,22 @@ def test_an_idle_volunteer_takes_the_whole_gap_and_survivors_keep_their_stages()
 def test_the_fastest_idle_volunteer_that_fits_is_chosen() -> None:
     m = model()
     broken = pipeline(12, ("a", 0, 4), ("b", 4, 8), ("c", 8, 12))
-    profiles = {"a": node("a"), "c": node("c"), "small": node("small", 0.1, memory=30), "fast": node("fast", 0.5), "slow": node("slow", 2.0)}
+    profiles = {"a": node("a", memory=40), "c": node("c", memory=40), "small": node("small", 0.1, memory=30),
+                "fast": node("fast", 0.5), "slow": node("slow", 2.0)}
     repaired = repair_plan(m, broken, frozenset({NodeId("b")}), profiles, idle=[NodeId("slow"), NodeId("small"), NodeId("fast")])
     assert repaired is not None and spans(repaired)[1] == ("fast", 4, 8)
+
+
+def test_splitting_between_neighbours_wins_when_it_loads_fewer_layers_per_volunteer() -> None:
+    m = model()
+    broken = pipeline(12, ("a", 0, 4), ("b", 4, 8), ("c", 8, 12))
+    profiles = {n: node(n) for n in "acd"}
+    repaired = repair_plan(m, broken, frozenset({NodeId("b")}), profiles, idle=[NodeId("d")])
+    assert repaired is not None
+    assert spans(repaired) == [("a", 0, 4), ("a", 4, 6), ("c", 6, 8), ("c", 8, 12)]
+    one_layer = pipeline(12, ("a", 0, 4), ("b", 4, 5), ("c", 5, 12))
+    repaired = repair_plan(m, one_layer, frozenset({NodeId("b")}), profiles, idle=[NodeId("d")])
+    assert repaired is not None and spans(repaired)[1] == ("d", 4, 5)  # nothing to split: the idle one is free
 
 
 def test_without_idle_volunteers_the_neighbours_split_the_gap_by_speed() -> None:
@@ -58,6 +71,17 @@ def test_without_idle_volunteers_the_neighbours_split_the_gap_by_speed() -> None
     repaired = repair_plan(m, broken, frozenset({NodeId("b")}), faster_left)
     assert repaired is not None
     assert spans(repaired)[1][0] == "a" and spans(repaired)[1][2] - spans(repaired)[1][1] >= 3
+
+
+def test_a_hot_spare_holding_the_lost_stage_wins_because_it_loads_nothing() -> None:
+    m = model()
+    broken = pipeline(12, ("a", 0, 4), ("b", 4, 8), ("c", 8, 12))
+    profiles = {n: node(n) for n in "acde"}
+    ready = {NodeId("d"): [LayerRange(0, 4, 12)], NodeId("e"): [LayerRange(4, 8, 12)]}
+    repaired = repair_plan(m, broken, frozenset({NodeId("b")}), profiles, idle=[NodeId("d"), NodeId("e")], ready=ready)
+    assert repaired is not None and spans(repaired) == [("a", 0, 4), ("e", 4, 8), ("c", 8, 12)]
+    first_lost = repair_plan(m, broken, frozenset({NodeId("a")}), {**profiles, "b": node("b")}, idle=[NodeId("d"), NodeId("e")], ready=ready)
+    assert first_lost is not None and spans(first_lost)[0] == ("d", 0, 4)
 
 
 def test_memory_limits_the_split_and_falls_back_to_one_survivor() -> None:
