@@ -3,7 +3,9 @@
 One :class:`Volunteer` holds one websocket to one pool. The reader task answers
 heartbeats and weight chunks at once; forward steps go through a queue to a single
 compute thread, so torch never blocks the event loop and steps of a session stay in
-order. Weights arrive from the coordinator tensor by tensor and are checked against the
+order; decode steps of different sessions waiting together run as one packed forward
+(:mod:`app.batching`). Activations arrive and leave in the step's wire codec
+(:mod:`core.protocol.codec`); compute always runs in the shard's dtype. Weights arrive from the coordinator tensor by tensor and are checked against the
 sha256 in the assignment before use; nothing from the pool is ever executed.
 """
 
@@ -13,23 +15,30 @@ import asyncio
 import concurrent.futures
 import hashlib
 import json
+import itertools
 import logging
+import math
 import os
 import random
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from itertools import islice
 from pathlib import Path
 
 import aiohttp
 import torch
 
+from app.batching import DEFAULT_MAX_BATCH, Step, gather_window_s, take_batch
 from core.backoff import backoff_delay
 from core.errors import AuthFailed, ButterflyError, ConfigError, ProtocolViolation, ShardLoadFailed
 from core.identity import Identity, auth_transcript, fingerprint, parse_invite, verify_signature
 from core.model.config import ModelConfig
 from core.model.kv_cache import KVCache
 from core.model.shard import Shard
+from core.protocol.bounds import check_forward_input
+from core.protocol.codec import EncodedTensor, decode, encode
 from core.protocol.frames import PROTOCOL_VERSION, Limits
 from core.protocol.messages import (
     Accepted,
@@ -57,6 +66,8 @@ from core.protocol.messages import (
     ProfileUpdate,
 )
 from core.protocol.session import ProtocolConnection, Role
+from core.protocol.signing import verify_assignment
+from core.tls import check_pin, client_context, peer_pool_id, require_loopback
 from core.transport import Channel, ChannelClosed
 from core.types import HardwareProfile
 
@@ -75,6 +86,13 @@ class VolunteerConfig:
     ``url`` is the coordinator's websocket (taken from the invite when omitted);
     ``data_dir`` holds this install's key and the pools it has pinned; ``slowdown``
     multiplies this volunteer's compute time (a debug knob for tests and demos).
+    ``pool_id`` is the pool key to insist on (e.g. from an mDNS record the user agreed
+    to join); without it the invite's key, then the key pinned on an earlier join, is
+    used, and a first join by bare URL pins what it finds. ``wss://`` is required unless
+    ``insecure_loopback`` allows plain ``ws://`` to this machine (development).
+    ``perturb`` (debug only) adds noise of that relative size to every output, so the
+    pool's result validation can be seen catching and quarantining a wrong volunteer.
+    ``max_batch`` bounds how many waiting decode steps run as one forward (1: no batching).
     """
 
     data_dir: Path
@@ -89,6 +107,10 @@ class VolunteerConfig:
     max_sessions: int = 64
     drain_timeout_s: float = 60.0
     slowdown: float = 1.0
+    pool_id: str | None = None
+    insecure_loopback: bool = False
+    perturb: float = 0.0
+    max_batch: int = DEFAULT_MAX_BATCH
 
 
 @dataclass(slots=True)
@@ -96,7 +118,10 @@ class _LoadedShard:
     assignment_id: str
     shard: Shard
     hashes: frozenset[str] = frozenset()
+    max_tokens: int = 0  # the assignment's context budget: no step may reach past it
     caches: dict[str, KVCache] = field(default_factory=dict)
+    waves: dict[str, frozenset[str]] = field(default_factory=dict)  # session -> the sessions of its last forward
+    last_pass_s: float = 0.0  # how long the last forward took
 
 
 class Volunteer:
@@ -110,7 +135,18 @@ class Volunteer:
         self.url = config.url or (self.invite.addresses[0] if self.invite and self.invite.addresses else None)
         if not self.url:
             raise ConfigError("no coordinator address", hint="pass --invite (it carries the address) or --url")
+        if not self.url.startswith("wss://"):  # refused for good, before any connection
+            if not self.url.startswith("ws://"):
+                raise ConfigError(f"a pool address must be a wss:// URL, got {self.url!r}", hint="use the address from the invite")
+            if not config.insecure_loopback:
+                raise ConfigError(
+                    f"refusing unencrypted {self.url}",
+                    hint="use the pool's wss:// address; for a development pool on this machine pass --insecure-loopback",
+                )
+            require_loopback(self.url, who="volunteer")
         self.slowdown = config.slowdown
+        if config.perturb:
+            log.warning("DEBUG --perturb %g: this volunteer returns WRONG results on purpose", config.perturb)
         self.shards: dict[str, _LoadedShard] = {}
         self.node_id = self.identity.fingerprint
         self.pool_id: str | None = None
@@ -124,6 +160,8 @@ class Volunteer:
         self._done = asyncio.Event()
         self._tensors: dict[str, torch.Tensor] = {}  # sha256 -> fetched tensor, reused across assignments
         self.end_reason = "closed"
+        self._tls_pool_id: str | None = None
+        self._pool_public_key: bytes | None = None
 
     # --- pinning ---------------------------------------------------------------------
 
@@ -131,6 +169,8 @@ class Volunteer:
         return self.config.data_dir / "pools.json"
 
     def _pinned_pool_id(self) -> str | None:
+        if self.config.pool_id:
+            return self.config.pool_id
         if self.invite is not None:
             return self.invite.pool_id
         try:
@@ -153,10 +193,12 @@ class Volunteer:
 
     async def run(self) -> None:
         """Connect, authenticate and serve until the pool says goodbye or we finish draining."""
+        secure = self.url.startswith("wss://")
         async with aiohttp.ClientSession() as http:
             try:
                 ws = await http.ws_connect(
-                    self.url, max_msg_size=Limits().max_frame_bytes, compress=0, autoping=True, proxy=None
+                    self.url, max_msg_size=Limits().max_frame_bytes, compress=0, autoping=True, proxy=None,
+                    ssl=client_context() if secure else False,
                 )
             except (aiohttp.ClientError, OSError) as exc:
                 raise ConfigError(
@@ -165,6 +207,10 @@ class Volunteer:
                 ) from exc
             self._channel = channel = Channel(ws, ProtocolConnection(Role.VOLUNTEER))
             try:
+                if secure:  # the pin is checked before anything (the invite included) is sent
+                    seen = peer_pool_id(ws.get_extra_info("ssl_object"))
+                    check_pin(seen, self._pinned_pool_id(), where=self.url)
+                    self._tls_pool_id = seen
                 await self._handshake(channel)
                 self._on_status("connected")
                 worker = asyncio.create_task(self._compute_loop(), name="compute")
@@ -174,8 +220,8 @@ class Volunteer:
                     await self._queue.put(None)
                     worker.cancel()
             except ButterflyError as exc:
-                if not isinstance(exc, ChannelClosed):
-                    await channel.fail(exc)
+                if not isinstance(exc, ChannelClosed) and (self._tls_pool_id is not None or not secure):
+                    await channel.fail(exc)  # an unproven peer is told nothing
                 raise
             finally:
                 await channel.close()
@@ -223,6 +269,11 @@ class Volunteer:
         if not isinstance(challenge, Challenge):
             raise ProtocolViolation(f"expected a challenge, got {type(challenge).__name__}")
         pool_id = fingerprint(challenge.pool_public_key)
+        if self._tls_pool_id is not None and pool_id != self._tls_pool_id:
+            raise AuthFailed(
+                f"the pool's TLS key {self._tls_pool_id} differs from the key {pool_id} it signs with",
+                hint="something between you and the pool intercepts the connection; do not join",
+            )
         pinned = self._pinned_pool_id()
         if pinned is not None and pinned != pool_id:
             raise AuthFailed(
@@ -242,6 +293,7 @@ class Volunteer:
         if not isinstance(accepted, Accepted):
             raise ProtocolViolation(f"expected acceptance, got {type(accepted).__name__}")
         self.pool_id = pool_id
+        self._pool_public_key = challenge.pool_public_key
         self._pin(pool_id)
         log.info("joined pool %s (%s) as %s", challenge.pool_name, pool_id, self.node_id)
 
@@ -331,9 +383,12 @@ class Volunteer:
     async def _load(self, channel: Channel, assign: Assign) -> None:
         try:
             started = time.perf_counter()
+            if self._pool_public_key is None:
+                raise ProtocolViolation("an assignment arrived before the pool proved its key")
+            verify_assignment(self._pool_public_key, assign)
             shard = await self._fetch_and_build(channel, assign)
             self.shards[assign.assignment_id] = _LoadedShard(
-                assign.assignment_id, shard, frozenset(t.sha256 for t in assign.tensors)
+                assign.assignment_id, shard, frozenset(t.sha256 for t in assign.tensors), max_tokens=assign.max_tokens
             )
             await channel.send(Ready(assignment_id=assign.assignment_id, load_seconds=time.perf_counter() - started))
             self._on_status(f"serving layers {assign.layers}")
@@ -349,6 +404,7 @@ class Volunteer:
             raise ShardLoadFailed(f"compute dtype {assign.dtype} is not supported here", hint="use float32 or bfloat16")
         config = ModelConfig.from_hf(assign.hf_config)
         total = sum(t.nbytes for t in assign.tensors)
+        self._check_memory(assign, dtype)
         done = 0
         last_report = 0.0
         tensors: dict[str, torch.Tensor] = {}
@@ -400,6 +456,31 @@ class Volunteer:
             self._executor, lambda: Shard(config, assign.layers, tensors, dtype=dtype)
         )
 
+    def _check_memory(self, assign: Assign, dtype: torch.dtype) -> None:
+        """Refuse an assignment whose weights would not fit what this machine offers.
+
+        The pool plans within the memory we report, so this only trips for a pool that
+        asks too much (or lies): nothing is allocated for it. One assignment must fit the
+        cap in the compute dtype; all held assignments together at most twice the cap,
+        since a re-plan loads the new layers before the old ones go.
+        """
+        cap = self.config.memory_cap_bytes if self.config.memory_cap_bytes is not None else self.config.profile.memory_bytes
+        if cap <= 0:
+            return
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        need = sum(max(t.nbytes, math.prod(t.shape) * itemsize) for t in assign.tensors)
+        held = sum(
+            t.numel() * t.element_size()
+            for loaded in self.shards.values()
+            for t in itertools.chain(loaded.shard.parameters(), loaded.shard.buffers())
+        )
+        if need > cap or need + held > 2 * cap:
+            raise ShardLoadFailed(
+                f"assignment {assign.assignment_id} needs {need / 2**30:.2f} GiB for layers {assign.layers} "
+                f"(already holding {held / 2**30:.2f} GiB); this volunteer offers {cap / 2**30:.2f} GiB",
+                hint="raise the memory cap, or this pool asks more than it should",
+            )
+
     def _forget_unused_tensors(self) -> None:
         """Keep fetched tensors only while a loaded shard still uses them."""
         in_use = {sha for loaded in self.shards.values() for sha in loaded.hashes}
@@ -408,41 +489,148 @@ class Volunteer:
     # --- serving ---------------------------------------------------------------------
 
     async def _compute_loop(self) -> None:
+        """Run queued work in arrival order, packing waiting decode steps into one forward (see app.batching)."""
         loop = asyncio.get_running_loop()
         channel = self._channel
         assert channel is not None
+        backlog: deque[Forward | EndSession | Unassign | None] = deque()
         while True:
-            msg = await self._queue.get()
+            if not backlog:
+                backlog.append(await self._queue.get())
+            picked = await self._gather(backlog)
+            batch = [backlog[i] for i in picked]
+            for i in reversed(picked):
+                del backlog[i]
+            msg = batch[0]
             if msg is None:
                 return
             if isinstance(msg, EndSession):
                 for loaded in self.shards.values():
                     loaded.caches.pop(msg.session_id, None)
+                    loaded.waves.pop(msg.session_id, None)
                 continue
             if isinstance(msg, Unassign):
                 self.shards.pop(msg.assignment_id, None)
                 self._forget_unused_tensors()
                 continue
-            try:
-                y, compute_s = await loop.run_in_executor(self._executor, self._step, msg)
-            except ButterflyError as exc:
-                await channel.send(Error.from_exception(exc, step_id=msg.step_id))
-                continue
+            steps = [m for m in batch if isinstance(m, Forward)]
+            outcomes, together, compute_s = await loop.run_in_executor(self._executor, self._run, steps)
             if self.slowdown > 1.0:
                 await asyncio.sleep(compute_s * (self.slowdown - 1.0))
                 compute_s *= self.slowdown
-            self.steps += 1
+            ran = self.shards.get(steps[0].assignment_id)
+            if ran is not None:
+                ran.last_pass_s = compute_s
+                wave = frozenset(step.session_id for step in steps)
+                ran.waves.update((session, wave) for session in wave)
             try:
-                await channel.send(Result(step_id=msg.step_id, session_id=msg.session_id, compute_s=compute_s, y=y))
+                for step, outcome in zip(steps, outcomes, strict=True):
+                    if isinstance(outcome, ButterflyError):
+                        await channel.send(Error.from_exception(outcome, step_id=step.step_id))
+                        continue
+                    self.steps += 1
+                    await channel.send(Result(
+                        step_id=step.step_id, session_id=step.session_id, compute_s=compute_s, y=outcome.data,
+                        codec=outcome.codec, scales=outcome.scales, batch=together,
+                    ))
             except (ChannelClosed, ConnectionError):
                 return
 
-    def _step(self, msg: Forward) -> tuple[torch.Tensor, float]:
-        """Run one forward step on the compute thread."""
+    async def _gather(self, backlog: deque[Forward | EndSession | Unassign | None]) -> tuple[int, ...]:
+        """Move arrived messages into ``backlog`` and pick the next batch.
+
+        A decode step whose last forward ran with other sessions (its *wave*) waits briefly
+        for those sessions' steps, which the coordinator sends one by one (see app.batching).
+        """
+        picked = self._pick(backlog)
+        head = backlog[0]
+        if not isinstance(head, Forward) or head.x.shape[0] != 1:
+            return picked
+        loaded = self.shards.get(head.assignment_id)
+        if loaded is None:
+            return picked
+        wave = {s for s in loaded.waves.get(head.session_id, ()) if s in loaded.caches}
+        target = min(len(wave), self.config.max_batch)
+
+        def arrived(indices: tuple[int, ...]) -> int:
+            return sum(1 for i in indices if isinstance(m := backlog[i], Forward) and m.session_id in wave)
+
+        wait = gather_window_s(ready=arrived(picked), sessions=target, last_pass_s=loaded.last_pass_s)
+        deadline = time.monotonic() + wait
+        while arrived(picked) < target and len(picked) < self.config.max_batch and (left := deadline - time.monotonic()) > 0:
+            try:
+                backlog.append(await asyncio.wait_for(self._queue.get(), left))
+            except TimeoutError:
+                break
+            picked = self._pick(backlog)
+        return picked
+
+    def _pick(self, backlog: deque[Forward | EndSession | Unassign | None]) -> tuple[int, ...]:
+        while not self._queue.empty():
+            backlog.append(self._queue.get_nowait())
+        window = [_batch_entry(m) for m in islice(backlog, 4 * self.config.max_batch)]
+        return take_batch(window, max_batch=self.config.max_batch)
+
+    def _run(self, steps: list[Forward]) -> tuple[list[EncodedTensor | ButterflyError], int, float]:
+        """Run forward steps on the compute thread: one answer or error per step, how many ran as one pass, seconds."""
         started = time.perf_counter()
+        if len(steps) > 1:
+            outcomes, together = self._step_batch(steps)
+        else:
+            outcomes, together = [_outcome(self._step, steps[0])], 1
+        return outcomes, together, time.perf_counter() - started
+
+    def _step(self, msg: Forward) -> EncodedTensor:
+        """Run one forward step alone; its answer, encoded for the wire."""
+        loaded, cache, x = self._prepare(msg)
+        try:
+            y = loaded.shard(x, cache)
+        except ValueError as exc:  # the runtime's word for input that does not fit this shard
+            raise ProtocolViolation(f"forward input refused: {exc}") from None
+        return self._answer(msg, loaded, cache, y)
+
+    def _step_batch(self, steps: list[Forward]) -> tuple[list[EncodedTensor | ButterflyError], int]:
+        """Run decode steps of different sessions of one assignment as one packed forward.
+
+        Returns each step's answer or error, in order, and how many ran together. A step
+        that cannot start (unknown assignment, cache too short) fails alone; when the
+        runtime refuses an input, no cache has changed yet, so each step is run alone
+        and only the faulty one fails.
+        """
+        outcomes: list[EncodedTensor | ButterflyError | None] = [None] * len(steps)
+        ready: list[tuple[int, _LoadedShard, KVCache, torch.Tensor]] = []
+        for i, msg in enumerate(steps):
+            try:
+                ready.append((i, *self._prepare(msg)))
+            except ButterflyError as exc:
+                outcomes[i] = exc
+        together = len(ready)
+        if ready:
+            shard = ready[0][1].shard
+            try:
+                ys = shard.forward_batch([(x, cache) for _, _, cache, x in ready])
+            except (ValueError, ButterflyError):
+                together = 1
+                for i, *_ in ready:
+                    outcomes[i] = _outcome(self._step, steps[i])
+            else:
+                for (i, loaded, cache, _), y in zip(ready, ys, strict=True):
+                    try:
+                        outcomes[i] = self._answer(steps[i], loaded, cache, y)
+                    except ButterflyError as exc:
+                        outcomes[i] = exc
+        return [o for o in outcomes if o is not None], together
+
+    def _prepare(self, msg: Forward) -> tuple[_LoadedShard, KVCache, torch.Tensor]:
+        """The step's shard, its session cache cut to ``start_pos``, and its input in the compute dtype."""
         loaded = self.shards.get(msg.assignment_id)
         if loaded is None:
             raise ProtocolViolation(f"forward for unknown assignment {msg.assignment_id}")
+        x = decode(EncodedTensor(msg.codec, msg.x, msg.scales), dtype=loaded.shard.dtype)
+        check_forward_input(  # before any cache is created or cut: a refused step changes nothing
+            x, layers=loaded.shard.layers, hidden_size=loaded.shard.config.hidden_size,
+            vocab_size=loaded.shard.config.vocab_size, max_tokens=loaded.max_tokens, start_pos=msg.start_pos,
+        )
         cache = loaded.caches.get(msg.session_id)
         if cache is None:
             if len(loaded.caches) >= self.config.max_sessions:
@@ -454,16 +642,45 @@ class Volunteer:
             raise ProtocolViolation(
                 f"session {msg.session_id} step starts at {msg.start_pos} but only {cache.length} tokens are cached"
             )
-        try:
-            y = loaded.shard(msg.x, cache)
-        except ValueError as exc:  # the runtime's word for input that does not fit this shard
-            raise ProtocolViolation(f"forward input refused: {exc}") from None
+        return loaded, cache, x
+
+    def _answer(self, msg: Forward, loaded: _LoadedShard, cache: KVCache, y: torch.Tensor) -> EncodedTensor:
+        """Refuse non-finite output (forgetting the step's cache entries); else encode it in the step's codec."""
+        y = perturbed(y, self.config.perturb)
         if not bool(torch.isfinite(y).all()):
             cache.truncate(msg.start_pos)
             raise ShardLoadFailed(
                 "this shard produced non-finite values", hint="the weights or the input are corrupt"
             )
-        return y, time.perf_counter() - started
+        return encode(y, msg.logits_codec if loaded.shard.layers.is_last else msg.codec)
+
+
+def perturbed(y: torch.Tensor, scale: float, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Debug only (``--perturb``): ``y`` plus Gaussian noise of ``scale`` times each row's RMS.
+
+    Returns ``y`` itself when ``scale`` is 0. It makes a volunteer wrong on purpose, to show
+    the pool's result validation catching and quarantining it.
+    """
+    if scale <= 0.0:
+        return y
+    values = y.float()
+    rms = values.pow(2).mean(dim=-1, keepdim=True).sqrt()
+    noise = torch.randn(values.shape, generator=generator) * rms * scale
+    return (values + noise).to(y.dtype)
+
+
+def _batch_entry(msg: Forward | EndSession | Unassign | None) -> Step | None:
+    """How batching sees a queued message: a step, or a barrier."""
+    if isinstance(msg, Forward):
+        return Step(msg.assignment_id, msg.session_id, int(msg.x.shape[0]))
+    return None
+
+
+def _outcome(run: Callable[[Forward], EncodedTensor], msg: Forward) -> EncodedTensor | ButterflyError:
+    try:
+        return run(msg)
+    except ButterflyError as exc:
+        return exc
 
 
 class VolunteerService:

@@ -7,7 +7,6 @@ import asyncio
 import json
 import signal
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -41,8 +40,11 @@ def coordinator_config(args: argparse.Namespace, **overrides: object):  # noqa: 
         pool_name=args.pool_name,
         min_volunteers=args.min_volunteers,
         dtype=args.dtype,
+        wire_codec=getattr(args, "wire_codec", "auto"),
         api_key=args.api_key,
+        admin_key=getattr(args, "admin_key", None),
         open_pool=args.open,
+        insecure_loopback=args.insecure_loopback,
         mdns=not args.no_mdns,
         mdns_interfaces=tuple(args.mdns_interface),
     )
@@ -61,8 +63,12 @@ def run_coordinator(args: argparse.Namespace) -> int:
         await coordinator.start()
         invite = coordinator.invite(ttl_s=parse_duration(args.invite_ttl), max_uses=args.invite_uses)
         print(f"Pool {config.pool_name!r} ({coordinator.pool_id}) serving {model.manifest.name}")
-        print(f"  clients:    {coordinator.url}  (butterfly generate --url {coordinator.url} \"...\")")
+        pin = "" if config.insecure_loopback else f" --pool-id {coordinator.pool_id}"
+        print(f"  clients:    {coordinator.url}  (butterfly generate --url {coordinator.url}{pin} \"...\")")
+        if not config.insecure_loopback:
+            print(f"  TLS:        certificate {config.data_dir / 'pool_cert.pem'} (its key is the pool key; trust it in HTTPS clients)")
         print(f"  volunteers: {coordinator.ws_url}")
+        print(f"  admin key:  {coordinator.surface.admin.key_path or 'the one given with --admin-key'}")
         print(f"  invite:     {invite}")
         print(f"Join with:    butterfly volunteer --invite {invite}", flush=True)
         stop = asyncio.Event()
@@ -76,32 +82,10 @@ def run_coordinator(args: argparse.Namespace) -> int:
 
 
 def run_invite(args: argparse.Namespace) -> int:
-    from core.identity import Identity, create_invite, invite_link, parse_invite
-    from server.config import default_data_dir
+    """``butterfly invite``: see :mod:`cli.invite`."""
+    from cli.invite import run_invite as invite
 
-    key_path = (args.data_dir or default_data_dir()) / "pool_key.pem"
-    if not key_path.exists():
-        raise ConfigError(
-            f"no pool key at {key_path}",
-            hint="start `butterfly coordinator` once on this machine (or pass its --data-dir)",
-        )
-    from server.db import DB_FILE_NAME, SqlitePoolRegistry
-
-    identity = Identity.load_or_create(key_path)
-    now = time.time()
-    token = create_invite(
-        identity,
-        pool_name=args.pool_name,
-        addresses=[args.url],
-        ttl_s=parse_duration(args.ttl),
-        max_uses=args.uses,
-        now=now,
-    )
-    with SqlitePoolRegistry(key_path.parent / DB_FILE_NAME) as registry:
-        registry.record_invite(parse_invite(token), created_at=now)
-    print(token)
-    print(invite_link(token), file=sys.stderr)
-    return 0
+    return invite(args)
 
 
 def run_volunteer(args: argparse.Namespace) -> int:
@@ -118,7 +102,12 @@ def run_volunteer(args: argparse.Namespace) -> int:
     config = VolunteerConfig(
         data_dir=data_dir, url=args.url, invite=args.invite, name=args.name, profile=profile,
         slowdown=args.slowdown, memory_cap_bytes=memory,
+        pool_id=args.pool_id, insecure_loopback=args.insecure_loopback, perturb=args.perturb,
+        max_batch=args.max_batch,
     )
+    if args.perturb:
+        print(f"DEBUG: --perturb {args.perturb:g}: this volunteer returns WRONG results on purpose; "
+              "the pool will quarantine it", file=sys.stderr, flush=True)
 
     async def main() -> None:
         volunteer = VolunteerService(config, on_status=lambda s: print(f"[{config.name or 'volunteer'}] {s}", flush=True))
@@ -171,7 +160,7 @@ def run_generate(args: argparse.Namespace) -> int:
         body["prompt"] = args.prompt
     else:
         body["messages"] = [{"role": "user", "content": args.prompt}]
-    for line in stream_generate(args.url, body, api_key=args.api_key):
+    for line in stream_generate(args.url, body, api_key=args.api_key, pool_id=args.pool_id):
         if "error" in line:
             raise PoolUnavailable(str(line["error"]))
         sys.stdout.write(str(line.get("text", "")))
@@ -186,14 +175,16 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def stream_generate(url: str, body: dict[str, object], *, api_key: str | None = None, timeout: float = 600):  # noqa: ANN201
-    """POST to ``/api/generate`` and yield each streamed JSON line."""
+def stream_generate(url: str, body: dict[str, object], *, api_key: str | None = None, pool_id: str | None = None, timeout: float = 600):  # noqa: ANN201
+    """POST to ``/api/generate`` and yield each streamed JSON line (https pinned to ``pool_id``, see :mod:`cli.https`)."""
+    from cli.https import open_url
+
     headers = {"Content-Type": "application/json"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
     request = urllib.request.Request(url.rstrip("/") + "/api/generate", data=json.dumps(body).encode(), headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - user-given coordinator URL
+        with open_url(request, pool_id=pool_id, timeout=timeout) as response:
             for raw in response:
                 if raw.strip():
                     yield json.loads(raw)

@@ -1,4 +1,4 @@
-"""The ``butterfly`` command: coordinator, invite, volunteer, generate, status, apikey, app, demo.
+"""The ``butterfly`` command: coordinator, invite, volunteers, volunteer, generate, status, apikey, app, demo.
 
 Each subcommand imports only what it needs, so ``butterfly --help`` and the volunteer
 start fast. Errors from the product end the command with a one-line message and a
@@ -15,6 +15,9 @@ import sys
 from pathlib import Path
 
 from cli.app import add_app_args
+from cli.invite import add_invite_args
+from cli.volunteers import add_volunteers_args
+from cli.bench import add_bench_args
 from core.errors import ButterflyError, ConfigError
 
 VERSION = "0.1.0"
@@ -48,10 +51,15 @@ def _add_coordinator_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pool-name", default="Butterfly pool")
     p.add_argument("--min-volunteers", type=int, default=1, help="volunteers to wait for before the first plan")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--wire-codec", choices=("auto", "model", "float16", "bfloat16", "int8"), default="auto",
+                   help="how hidden states travel to volunteers (default auto: exact on fast links, float16 on slow ones)")
     p.add_argument("--api-key", help="require this Bearer key for the generation API")
+    p.add_argument("--admin-key", help="the Bearer key of the admin API (default: admin.key in the data dir, made on first start)")
     p.add_argument("--invite-uses", type=int, default=None, help="uses of the printed invite (default unlimited)")
     p.add_argument("--invite-ttl", default="24h", help="lifetime of the printed invite (default 24h)")
     p.add_argument("--open", action="store_true", help="admit volunteers without an invite (anyone who can reach the pool)")
+    p.add_argument("--insecure-loopback", action="store_true",
+                   help="development only: plain http/ws instead of TLS bound to the pool key; only on a loopback address")
     p.add_argument("--no-mdns", action="store_true", help="do not advertise the pool on the local network")
     p.add_argument("--mdns-interface", action="append", default=[], metavar="IP",
                    help="advertise on the interface with this IPv4 address (repeatable; default: those matching --host)")
@@ -66,25 +74,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("coordinator", help="host a pool: admit volunteers, split the model, serve generations")
     _add_coordinator_args(p)
 
-    p = sub.add_parser("invite", help="create an invite to a pool hosted on this machine")
-    p.add_argument("--data-dir", type=Path, help="the coordinator's data dir (default: the platform data dir)")
-    p.add_argument("--url", default="ws://127.0.0.1:8765/ws", help="the coordinator's volunteer address")
-    p.add_argument("--pool-name", default="Butterfly pool")
-    p.add_argument("--ttl", default="24h", help="how long the invite is valid (default 24h)")
-    p.add_argument("--uses", type=int, default=None, help="how many volunteers may use it (default unlimited)")
+    p = sub.add_parser("invite", help="create, list or revoke a pool's invites (create is the default)")
+    add_invite_args(p)
+
+    p = sub.add_parser("volunteers", help="list a pool's volunteers, ban or unban one")
+    add_volunteers_args(p)
 
     p = sub.add_parser("volunteer", help="lend this machine to a pool")
     p.add_argument("--invite", help="the invite token or butterfly:// link from the host")
-    p.add_argument("--url", help="the coordinator's ws:// address (taken from the invite if omitted)")
+    p.add_argument("--url", help="the coordinator's wss:// address (taken from the invite if omitted)")
     p.add_argument("--data-dir", type=Path, help="where this install's key lives (default: the platform data dir)")
     p.add_argument("--name", default="", help="the name the pool shows for this machine")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for compute (default: all)")
     p.add_argument("--memory-gb", type=float, default=None, help="memory cap in GiB (default: half of free RAM)")
     p.add_argument("--slowdown", type=float, default=1.0, help="debug: multiply compute time by this factor")
+    p.add_argument("--max-batch", type=int, default=32, help="most sessions' decode steps run as one forward (1 = no batching)")
+    p.add_argument("--perturb", type=float, default=0.0, metavar="SCALE",
+                   help="debug only: add noise of this relative size to every result (the pool quarantines this volunteer)")
+    p.add_argument("--pool-id", help="the pool key fingerprint (bf1…) to insist on (default: the invite's, or the one pinned before)")
+    p.add_argument("--insecure-loopback", action="store_true",
+                   help="development only: allow a plain ws:// pool on this machine")
 
     p = sub.add_parser("generate", help="stream an answer from a pool")
     p.add_argument("prompt", help="the prompt (a user message unless --raw)")
-    p.add_argument("--url", default="http://127.0.0.1:8765", help="the coordinator's http address")
+    p.add_argument("--url", default="https://127.0.0.1:8765", help="the coordinator's https:// address")
     p.add_argument("--raw", action="store_true", help="send the prompt as-is, without the chat template")
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0)
@@ -93,10 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--stop", action="append", default=[])
     p.add_argument("--api-key", default=os.environ.get("BUTTERFLY_API_KEY"))
+    p.add_argument("--pool-id", default=os.environ.get("BUTTERFLY_POOL_ID"), help="the pool key (bf1…) an https:// coordinator must prove")
 
     p = sub.add_parser("status", help="show a pool's volunteers, layers, pipelines and recent events")
-    p.add_argument("--url", default="http://127.0.0.1:8765", help="the coordinator's http address")
+    p.add_argument("--url", default="https://127.0.0.1:8765", help="the coordinator's https:// address")
     p.add_argument("--json", action="store_true", help="print the raw JSON view")
+    p.add_argument("--pool-id", default=os.environ.get("BUTTERFLY_POOL_ID"), help="the pool key (bf1…) an https:// coordinator must prove")
 
     p = sub.add_parser("apikey", help="create, list or revoke the API keys of a pool hosted here")
     p.add_argument("--data-dir", type=Path, help="the coordinator's data dir (default: the platform data dir)")
@@ -124,6 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--keep", action="store_true", help="leave the pool running and print its address")
+
+    p = sub.add_parser("bench", help="our pipeline on loopback side by side with single-process transformers generate")
+    add_bench_args(p)
+
+    from cli.selftest import add_selftest_args
+
+    p = sub.add_parser("selftest", help="check this install: a coordinator and two volunteers answer a prompt, then stop")
+    add_selftest_args(p)
     return parser
 
 
@@ -139,9 +162,13 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_coordinator(args)
         if args.command == "invite":
-            from cli.commands import run_invite
+            from cli.invite import run_invite
 
             return run_invite(args)
+        if args.command == "volunteers":
+            from cli.volunteers import run_volunteers
+
+            return run_volunteers(args)
         if args.command == "volunteer":
             from cli.commands import run_volunteer
 
@@ -170,6 +197,14 @@ def main(argv: list[str] | None = None) -> int:
             from cli.demo import run_demo
 
             return run_demo(args)
+        if args.command == "selftest":
+            from cli.selftest import run_selftest
+
+            return run_selftest(args)
+        if args.command == "bench":
+            from cli.bench import run_bench
+
+            return run_bench(args)
     except ButterflyError as exc:
         print(f"butterfly: error: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1

@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -23,20 +25,22 @@ from core.identity import Identity, create_invite, parse_invite
 from core.protocol.frames import Limits
 from core.protocol.session import ProtocolConnection, Role
 from core.store.store import StoredModel
+from core.tls import CERT_FILE_NAME, server_context
 from core.transport import Channel, ChannelClosed
 from server.admission import admit
+from server.api.access import plain_error_response
 from server.api.surface import ClientSurface
 from server.advertise import PoolAdvertiser, advert_addresses, coordinator_advert
 from server.config import CoordinatorConfig
 from server.generation import generate
 from server.links import VolunteerLink
 from server.pool import Pool
+from server.ws_limits import WsLimits
 from server.db import DB_FILE_NAME, Contribution, SqlitePoolRegistry
 from server.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 1 * 2**20
 CONTRIBUTION_EVERY_BEATS = 5
 """Contribution counters are written to the registry every this many heartbeats."""
 WS_LIMITS = Limits()
@@ -60,13 +64,15 @@ class Coordinator:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.identity = identity or Identity.load_or_create(config.data_dir / "pool_key.pem")
         self.registry = SqlitePoolRegistry(config.data_dir / DB_FILE_NAME)
-        self.pool = Pool(config, model)
+        self.pool = Pool(config, model, identity=self.identity)
+        self.pool.on_quarantine = lambda node_id, reason: self.registry.ban(node_id, reason, time.time())
         self.tokenizer = model.tokenizer()
         self.url = ""
         self._tasks: list[asyncio.Task[Any]] = []
         self._recorded: dict[int, tuple[int, int, float, int, int]] = {}
         self._runner: web.AppRunner | None = None
         self.surface = ClientSurface(self)
+        self.ws_limits = WsLimits(config)
         self.advertiser: PoolAdvertiser | None = None
 
     @property
@@ -76,7 +82,7 @@ class Coordinator:
     # --- lifecycle -------------------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app = web.Application(client_max_size=self.config.http_max_body_bytes)
         app.router.add_get("/ws", self._ws_handler)
         app.router.add_post("/api/generate", self._generate_handler)
         app.router.add_get("/api/status", self._status_handler)
@@ -87,12 +93,17 @@ class Coordinator:
 
     async def start(self) -> RunningCoordinator:
         """Bind the server and start planning and heartbeats; returns the URLs."""
-        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(
+            self.app(), access_log=None, handle_signals=False, keepalive_timeout=self.config.http_idle_timeout_s
+        )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.host, self.config.port)
+        context = None if self.config.insecure_loopback else self.tls_context()
+        site = web.TCPSite(self._runner, self.config.host, self.config.port, ssl_context=context)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = self.config.public_url or f"http://{self.config.host}:{port}"
+        scheme = "http" if context is None else "https"
+        host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
+        self.url = self.config.public_url or f"{scheme}://{host}:{port}"
         self.pool.start()
         self._tasks.append(asyncio.create_task(self._heartbeat_loop(), name="heartbeats"))
         if self.config.mdns:
@@ -103,6 +114,18 @@ class Coordinator:
             )
             await self.advertiser.start()
         return RunningCoordinator(self.url, self.ws_url, self._runner)
+
+    def tls_context(self) -> ssl.SSLContext:
+        """TLS with the pool key as the certificate key (see :mod:`core.tls`); writes ``pool_cert.pem``."""
+        hosts = [self.config.host]
+        if self.config.public_url:
+            hosts.append(urlsplit(self.config.public_url).hostname or "")
+        return server_context(
+            self.identity,
+            cert_file=self.config.data_dir / CERT_FILE_NAME,
+            pool_name=self.config.pool_name,
+            hosts=hosts,
+        )
 
     @property
     def ws_url(self) -> str:
@@ -140,29 +163,37 @@ class Coordinator:
     # --- volunteers ------------------------------------------------------------------
 
     async def _ws_handler(self, request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse(
-            max_msg_size=WS_LIMITS.max_frame_bytes, compress=False, autoping=True, heartbeat=None
-        )
-        await ws.prepare(request)
-        channel = Channel(ws, ProtocolConnection(Role.COORDINATOR, limits=WS_LIMITS))
         peer = request.remote or "?"
-        try:
-            admitted = await admit(
-                channel,
-                identity=self.identity,
-                registry=self.registry,
-                pool_name=self.config.pool_name,
-                heartbeat_interval_s=self.config.heartbeat_interval_s,
-                timeout_s=self.config.handshake_timeout_s,
-                open_pool=self.config.open_pool,
+        if not self.ws_limits.pending.try_acquire(peer):
+            log.info("refused a websocket from %s: too many unauthenticated connections", peer)
+            return self.ws_limits.too_many_pending(peer)
+        try:  # autoping off: the guard answers (and counts) pings itself
+            ws = web.WebSocketResponse(
+                max_msg_size=WS_LIMITS.max_frame_bytes, compress=False, autoping=False, heartbeat=None
             )
-        except (ButterflyError, TimeoutError) as exc:
-            err = exc if isinstance(exc, ButterflyError) else ProtocolViolation("handshake timed out")
-            log.warning("refused a volunteer from %s: %s", peer, err)
-            self.pool.events.add("refused", f"refused a volunteer from {peer}: {err.message}")
-            if not isinstance(err, ChannelClosed):
-                await channel.fail(err)
-            return ws
+            await ws.prepare(request)
+            channel = Channel(self.ws_limits.guard(ws), ProtocolConnection(Role.COORDINATOR, limits=WS_LIMITS))
+            try:
+                admitted = await admit(
+                    channel,
+                    identity=self.identity,
+                    registry=self.registry,
+                    pool_name=self.config.pool_name,
+                    heartbeat_interval_s=self.config.heartbeat_interval_s,
+                    timeout_s=self.config.handshake_timeout_s,
+                    open_pool=self.config.open_pool,
+                )
+            except (ButterflyError, TimeoutError) as exc:
+                err = exc if isinstance(exc, ButterflyError) else ProtocolViolation(
+                    f"handshake not finished within {self.config.handshake_timeout_s:g} s"
+                )
+                log.warning("refused a volunteer from %s: %s", peer, err)
+                self.pool.events.add("refused", f"refused a volunteer from {peer}: {err.message}")
+                if not isinstance(err, ChannelClosed):
+                    await channel.fail(err)
+                return ws
+        finally:
+            self.ws_limits.pending.release(peer)
         hello = admitted.hello
         link = VolunteerLink(
             channel,
@@ -173,6 +204,8 @@ class Coordinator:
             model=self.model,
             step_timeout_s=self.config.step_timeout_s,
             on_event=self.pool.on_link_event,
+            wire_codec=self.config.wire_codec,
+            logits_codec=self.config.wire_logits,
         )
         log.info("volunteer %s joined from %s", link.name, peer)
         reader = asyncio.create_task(link.serve(), name=f"link-{link.name}")
@@ -229,16 +262,11 @@ class Coordinator:
 
     # --- clients ---------------------------------------------------------------------
 
-    def _check_key(self, request: web.Request) -> None:
-        if self.config.api_key is None:
-            return
-        if request.headers.get("Authorization", "") != f"Bearer {self.config.api_key}":
-            raise web.HTTPUnauthorized(
-                text=json.dumps({"error": "missing or wrong API key"}), content_type="application/json"
-            )
-
     async def _generate_handler(self, request: web.Request) -> web.StreamResponse:
-        self._check_key(request)
+        try:  # the same keys and per-key limits as /v1
+            who = self.surface.access.admit(request)
+        except ButterflyError as exc:
+            return plain_error_response(exc)
         try:
             body = await request.json()
             if not isinstance(body, dict):
@@ -254,6 +282,7 @@ class Coordinator:
                 if event.finish_reason:
                     line["finish_reason"] = event.finish_reason
                 if event.usage:
+                    self.surface.access.charge(who, event.usage.completion_tokens)
                     line["usage"] = {
                         "prompt_tokens": event.usage.prompt_tokens,
                         "completion_tokens": event.usage.completion_tokens,

@@ -100,6 +100,8 @@ class LivePool:
             sys.executable, "-m", "cli", "volunteer", "--invite", invite, "--name", name,
             "--data-dir", str(self.data_dir / name), "--threads", str(threads), *extra,
         ]
+        if self.coordinator.config.insecure_loopback:  # type: ignore[attr-defined]
+            cmd.append("--insecure-loopback")
         log = open(self.data_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=volunteer_env())
         self.procs.append(proc)
@@ -134,11 +136,18 @@ def volunteer_env() -> dict[str, str]:
 async def live_pool(
     model, tmp_path: Path, *, volunteers: int, volunteer_args: tuple[str, ...] = (), **config  # noqa: ANN001
 ) -> AsyncIterator[LivePool]:
-    """Start a coordinator on 127.0.0.1 (any free port) and ``volunteers`` volunteer processes."""
+    """Start a coordinator on 127.0.0.1 (any free port) and ``volunteers`` volunteer processes.
+
+    The pool speaks plain ws/http (``insecure_loopback``) unless ``insecure_loopback=False``
+    is passed, and does not recompute volunteers' results unless ``probation_steps`` or
+    ``verify_share`` are passed: most tests are about other things, and
+    tests/e2e/test_tls.py and tests/e2e/test_validation.py cover those.
+    """
     from server.config import CoordinatorConfig
     from server.coordinator import Coordinator
 
-    settings = dict(data_dir=tmp_path / "coordinator", port=0, min_volunteers=max(1, volunteers), settle_s=0.2, step_timeout_s=60.0)
+    settings = dict(data_dir=tmp_path / "coordinator", port=0, min_volunteers=max(1, volunteers), settle_s=0.2,
+                    step_timeout_s=60.0, insecure_loopback=True, probation_steps=0, verify_share=0.0)
     settings.update(config)
     coordinator = Coordinator(CoordinatorConfig(**settings), model)
     await coordinator.start()
