@@ -1,0 +1,393 @@
+"""The arithmetic of ``butterfly bench``: summaries, ratios, per-hop overhead, tables, plot data.
+
+Everything here is pure: measurements in, plain numbers and JSON-ready dicts out. The
+command (:mod:`cli.bench`) does the measuring and the drawing; keeping the arithmetic
+apart lets it be tested with hand-made numbers and lets plots be redrawn from a saved
+report.
+
+Vocabulary: a *stage* is one volunteer's layer range. Hidden states are relayed through
+the coordinator, so one token crosses ``2 × stages`` *hops* (one message each way per
+stage).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+from core.errors import ConfigError
+
+HOPS_PER_STAGE = 2
+"""Messages per stage per token when the coordinator relays hidden states: one out, one back."""
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """Order statistics of repeated measurements of one quantity."""
+
+    median: float
+    mean: float
+    minimum: float
+    maximum: float
+    stdev: float
+    n: int
+
+    @property
+    def spread(self) -> float:
+        """``(max - min) / median``: how far apart the rounds were (0 for one round)."""
+        return (self.maximum - self.minimum) / self.median if self.median else 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        """The summary as JSON-ready numbers, with ``spread`` included."""
+        return {**asdict(self), "spread": self.spread}
+
+
+def summarize(values: Sequence[float]) -> Summary:
+    """Median, mean, extremes and standard deviation of ``values`` (at least one, all finite)."""
+    if not values:
+        raise ConfigError("no measurements to summarize", hint="run at least one round")
+    if not all(math.isfinite(v) for v in values):
+        raise ConfigError(f"a measurement is not finite: {list(values)}", hint="a round failed; run the benchmark again")
+    return Summary(
+        median=statistics.median(values),
+        mean=statistics.fmean(values),
+        minimum=min(values),
+        maximum=max(values),
+        stdev=statistics.stdev(values) if len(values) > 1 else 0.0,
+        n=len(values),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One timed generation: ``new_tokens`` greedy tokens after a prompt.
+
+    ``ttft_s`` runs from the call to the first token (prefill included);
+    ``decode_tokens_per_s`` counts the tokens after the first over the time after it;
+    ``total_s`` is the whole call.
+    """
+
+    ttft_s: float
+    decode_tokens_per_s: float
+    total_s: float
+    new_tokens: int
+
+    @property
+    def step_s(self) -> float:
+        """Seconds per decoded token."""
+        return 1.0 / self.decode_tokens_per_s if self.decode_tokens_per_s > 0 else math.inf
+
+    @property
+    def end_to_end_tokens_per_s(self) -> float:
+        """New tokens over the whole call, prefill included."""
+        return self.new_tokens / self.total_s if self.total_s > 0 else 0.0
+
+
+def ratio(ours: float, reference: float) -> float:
+    """``ours / reference``; NaN when the reference is zero or not finite."""
+    if not reference or not math.isfinite(reference):
+        return math.nan
+    return ours / reference
+
+
+def hops(stages: int) -> int:
+    """Coordinator-relayed messages one token crosses through ``stages`` stages."""
+    return HOPS_PER_STAGE * stages
+
+
+def per_hop_vs_reference_ms(ours_step_s: float, reference_step_s: float, stages: int) -> float:
+    """``(our step − reference step) / hops`` in milliseconds.
+
+    This charges every difference between the two runtimes to the hops, so it is
+    negative when our per-token compute is leaner than the reference's by more than
+    the hops cost; :func:`fit_hop_overhead` isolates the hops.
+    """
+    if stages < 1:
+        raise ConfigError(f"a pipeline has at least one stage, got {stages}")
+    return (ours_step_s - reference_step_s) / hops(stages) * 1000.0
+
+
+@dataclass(frozen=True, slots=True)
+class HopFit:
+    """A least-squares line ``step = intercept + per_stage × stages`` over runs of the same model.
+
+    Every run computes the same layers, so the slope is what one more stage (two more
+    hops and one more volunteer's fixed per-step cost) adds to a token.
+    """
+
+    per_stage_ms: float
+    intercept_ms: float
+    points: tuple[tuple[int, float], ...]
+
+    @property
+    def per_hop_ms(self) -> float:
+        """The slope shared by the two hops a stage adds."""
+        return self.per_stage_ms / HOPS_PER_STAGE
+
+    def as_dict(self) -> dict[str, object]:
+        """The fit as JSON-ready numbers."""
+        return {
+            "per_stage_ms": self.per_stage_ms,
+            "per_hop_ms": self.per_hop_ms,
+            "intercept_ms": self.intercept_ms,
+            "points": [{"stages": s, "step_ms": ms} for s, ms in self.points],
+        }
+
+
+def fit_hop_overhead(points: Sequence[tuple[int, float]]) -> HopFit:
+    """Fit step time (seconds) against stage count; needs two distinct stage counts."""
+    if len({s for s, _ in points}) < 2:
+        raise ConfigError(
+            "the per-hop fit needs runs with at least two different stage counts",
+            hint="pass --sweep with two or more stage counts, e.g. 1,2,3",
+        )
+    xs = [float(s) for s, _ in points]
+    ys = [t * 1000.0 for _, t in points]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    return HopFit(slope, my - slope * mx, tuple((s, t * 1000.0) for s, t in points))
+
+
+def bytes_per_token(long_bytes: float, short_bytes: float, long_tokens: int, short_tokens: int) -> float:
+    """Wire bytes per decoded token from two runs of the same prompt that differ only in length.
+
+    The difference cancels the prompt's prefill frames and per-request messages.
+    """
+    if long_tokens <= short_tokens:
+        raise ConfigError("the long run must generate more tokens than the short one")
+    return (long_bytes - short_bytes) / (long_tokens - short_tokens)
+
+
+def compare_runs(ours: Sequence[Run], reference: Sequence[Run], *, stages: int) -> dict[str, object]:
+    """Decode speed, time to first token and end-to-end speed of two sets of rounds, with ratios."""
+    o_dec = summarize([r.decode_tokens_per_s for r in ours])
+    r_dec = summarize([r.decode_tokens_per_s for r in reference])
+    o_ttft = summarize([r.ttft_s for r in ours])
+    r_ttft = summarize([r.ttft_s for r in reference])
+    o_e2e = summarize([r.end_to_end_tokens_per_s for r in ours])
+    r_e2e = summarize([r.end_to_end_tokens_per_s for r in reference])
+    return {
+        "decode_tokens_per_s": {"ours": o_dec.as_dict(), "reference": r_dec.as_dict(), "ratio": ratio(o_dec.median, r_dec.median)},
+        "ttft_s": {"ours": o_ttft.as_dict(), "reference": r_ttft.as_dict(), "ratio": ratio(o_ttft.median, r_ttft.median)},
+        "end_to_end_tokens_per_s": {"ours": o_e2e.as_dict(), "reference": r_e2e.as_dict(), "ratio": ratio(o_e2e.median, r_e2e.median)},
+        "per_hop_vs_reference_ms": per_hop_vs_reference_ms(1.0 / o_dec.median, 1.0 / r_dec.median, stages),
+        "hops_per_token": hops(stages),
+    }
+
+
+def prefill_point(prompt_tokens: int, ours_s: Sequence[float], reference_s: Sequence[float]) -> dict[str, float]:
+    """Prefill throughput (prompt tokens per second of time to first token) of both, and the ratio."""
+    ours = prompt_tokens / summarize(ours_s).median
+    reference = prompt_tokens / summarize(reference_s).median
+    return {
+        "prompt_tokens": prompt_tokens,
+        "ours_tokens_per_s": ours,
+        "reference_tokens_per_s": reference,
+        "ratio": ratio(ours, reference),
+        "ours_ttft_s": summarize(ours_s).median,
+        "reference_ttft_s": summarize(reference_s).median,
+    }
+
+
+def concurrency_point(sessions: int, tokens: Sequence[int], wall_s: float) -> dict[str, float]:
+    """Aggregate decode throughput of ``sessions`` answers streamed at once."""
+    if wall_s <= 0:
+        raise ConfigError("the concurrent run took no time", hint="generate more tokens per session")
+    total = sum(tokens)
+    return {"sessions": sessions, "tokens": total, "wall_s": wall_s, "aggregate_tokens_per_s": total / wall_s}
+
+
+def breakdown(steps: Sequence[Mapping[str, object]], *, generate_step_s: float | None = None) -> dict[str, object]:
+    """Median per-step timings of a profiled decode, per stage and at the coordinator.
+
+    Each step is ``{"total_s", "sample_s", "stages": [{"compute_s", "round_trip_s"}, ...]}``.
+    A stage's *overhead* is its round trip minus the volunteer's compute: serializing,
+    the socket both ways, queuing and deserializing. *Coordinator other* is what the
+    step spends outside the stages and the sampler. With ``generate_step_s`` (the step
+    time of full requests), *generate extra* is what a request adds to the bare steps:
+    result checks, the replay trace, detokenizing and stop strings.
+    """
+    if not steps:
+        raise ConfigError("no profiled steps", hint="profile at least one decode step")
+    count = len(steps[0]["stages"])  # type: ignore[arg-type]
+    stages = []
+    for i in range(count):
+        compute = [float(s["stages"][i]["compute_s"]) for s in steps]  # type: ignore[index]
+        trip = [float(s["stages"][i]["round_trip_s"]) for s in steps]  # type: ignore[index]
+        stages.append({
+            "stage": i,
+            "compute_ms": statistics.median(compute) * 1000.0,
+            "overhead_ms": statistics.median(t - c for t, c in zip(trip, compute)) * 1000.0,
+            "round_trip_ms": statistics.median(trip) * 1000.0,
+        })
+    total = statistics.median(float(s["total_s"]) for s in steps) * 1000.0
+    sample = statistics.median(float(s["sample_s"]) for s in steps) * 1000.0
+    trips = sum(float(s["round_trip_ms"]) for s in stages)
+    extra = {} if generate_step_s is None else {
+        "generate_step_ms": generate_step_s * 1000.0,
+        "generate_extra_ms": generate_step_s * 1000.0 - total,
+    }
+    return {
+        **extra,
+        "steps": len(steps),
+        "step_ms": total,
+        "stages": stages,
+        "compute_ms": sum(float(s["compute_ms"]) for s in stages),
+        "hop_overhead_ms": sum(float(s["overhead_ms"]) for s in stages),
+        "sample_ms": sample,
+        "coordinator_other_ms": max(0.0, total - trips - sample),
+    }
+
+
+def table(report: Mapping[str, object]) -> str:
+    """A Markdown table of the headline figures of a ``butterfly bench`` report."""
+    d = report["decode"]  # type: ignore[index]
+    rows = [
+        ("decode tokens/s", d["decode_tokens_per_s"], "{:.1f}", 1.0),  # type: ignore[index]
+        ("time to first token (ms)", d["ttft_s"], "{:.0f}", 1000.0),  # type: ignore[index]
+        ("end-to-end tokens/s", d["end_to_end_tokens_per_s"], "{:.1f}", 1.0),  # type: ignore[index]
+    ]
+    stages = report["stages"]
+    lines = [
+        f"| | transformers `generate`, 1 process | Butterfly, {stages} stages | ratio |",
+        "|---|---|---|---|",
+    ]
+    for name, cell, fmt, scale in rows:
+        lines.append(
+            f"| {name} | {fmt.format(cell['reference']['median'] * scale)} | "
+            f"{fmt.format(cell['ours']['median'] * scale)} | {cell['ratio']:.2f}× |"
+        )
+    for point in report.get("prefill", []):  # type: ignore[union-attr]
+        lines.append(
+            f"| prefill tokens/s, {point['prompt_tokens']}-token prompt | {point['reference_tokens_per_s']:.0f} | "
+            f"{point['ours_tokens_per_s']:.0f} | {point['ratio']:.2f}× |"
+        )
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    """One labelled line or bar group of a plot."""
+
+    label: str
+    values: tuple[float, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PlotSpec:
+    """What one chart shows, free of any plotting library: ``kind`` is "bar" or "line"."""
+
+    name: str
+    title: str
+    kind: str
+    x: tuple[str | int, ...]
+    xlabel: str
+    ylabel: str
+    series: tuple[Series, ...]
+
+
+def plot_specs(report: Mapping[str, object]) -> list[PlotSpec]:
+    """The charts of a ``butterfly bench`` report; sections the report lacks are left out."""
+    d = report["decode"]  # type: ignore[index]
+    stages = report["stages"]
+    ref_label, our_label = "transformers (1 process)", f"Butterfly ({stages} stages)"
+    specs = [
+        PlotSpec("decode", "Decode speed", "bar", (ref_label, our_label), "", "tokens/s",
+                 (Series("median", (d["decode_tokens_per_s"]["reference"]["median"], d["decode_tokens_per_s"]["ours"]["median"])),)),  # type: ignore[index]
+        PlotSpec("ttft", "Time to first token", "bar", (ref_label, our_label), "", "ms",
+                 (Series("median", (d["ttft_s"]["reference"]["median"] * 1000.0, d["ttft_s"]["ours"]["median"] * 1000.0)),)),  # type: ignore[index]
+    ]
+    prefill = list(report.get("prefill") or [])  # type: ignore[call-overload]
+    if prefill:
+        specs.append(PlotSpec(
+            "prefill", "Prefill throughput", "line", tuple(p["prompt_tokens"] for p in prefill), "prompt tokens", "prompt tokens/s",
+            (Series(ref_label, tuple(p["reference_tokens_per_s"] for p in prefill)),
+             Series(our_label, tuple(p["ours_tokens_per_s"] for p in prefill))),
+        ))
+    concurrency = report.get("concurrency") or {}
+    points = list(concurrency.get("points") or [])  # type: ignore[union-attr]
+    if points:
+        specs.append(PlotSpec(
+            "concurrency", "Concurrent sessions", "line", tuple(p["sessions"] for p in points), "sessions at once",
+            "aggregate tokens/s", (Series(our_label, tuple(p["aggregate_tokens_per_s"] for p in points)),),
+        ))
+    sweep = sorted((report.get("hops") or {}).get("sweep") or [], key=lambda p: p["stages"])  # type: ignore[union-attr]
+    if len(sweep) > 1:
+        series = [Series("Butterfly", tuple(p["ours_step_ms"] for p in sweep))]
+        if all("ours_bare_step_ms" in p for p in sweep):
+            series.append(Series("Butterfly, bare steps", tuple(p["ours_bare_step_ms"] for p in sweep)))
+        series.append(Series(ref_label, tuple(p["reference_step_ms"] for p in sweep)))
+        specs.append(PlotSpec(
+            "stages", "Step time by stage count", "line", tuple(p["stages"] for p in sweep), "stages", "ms per token",
+            tuple(series),
+        ))
+    return specs
+
+
+def compare_with_peer(
+    ours: Sequence[Mapping[str, object]],
+    peer: Sequence[Mapping[str, object]],
+    peer_reference: Sequence[Mapping[str, object]],
+) -> dict[str, object]:
+    """Ours, a peer system and the peer's single-process reference, over alternated rounds.
+
+    ``ours`` are ``butterfly bench`` reports; ``peer`` and ``peer_reference`` are result
+    lines with ``median_decode_step_ms_mean``, ``median_first_step_ms`` and
+    ``median_tok_per_s`` (tokens over the whole call). Decode speed is tokens per second
+    of the mean decode step, the same definition for everyone.
+    """
+    if not ours or not peer or not peer_reference:
+        raise ConfigError("each side needs at least one round", hint="run the comparison again")
+
+    def decode(lines: Sequence[Mapping[str, object]]) -> Summary:
+        return summarize([1000.0 / float(line["median_decode_step_ms_mean"]) for line in lines])  # type: ignore[arg-type]
+
+    ours_decode = summarize([float(r["decode"]["decode_tokens_per_s"]["ours"]["median"]) for r in ours])  # type: ignore[index]
+    ours_ref = summarize([float(r["decode"]["decode_tokens_per_s"]["reference"]["median"]) for r in ours])  # type: ignore[index]
+    ours_ttft = summarize([float(r["decode"]["ttft_s"]["ours"]["median"]) * 1000.0 for r in ours])  # type: ignore[index]
+    ours_e2e = summarize([float(r["decode"]["end_to_end_tokens_per_s"]["ours"]["median"]) for r in ours])  # type: ignore[index]
+    peer_decode, peer_ref = decode(peer), decode(peer_reference)
+    peer_ttft = summarize([float(line["median_first_step_ms"]) for line in peer])  # type: ignore[arg-type]
+    peer_e2e = summarize([float(line["median_tok_per_s"]) for line in peer])  # type: ignore[arg-type]
+    return {
+        "decode_tokens_per_s": {
+            "ours": ours_decode.as_dict(),
+            "ours_reference": ours_ref.as_dict(),
+            "peer": peer_decode.as_dict(),
+            "peer_reference": peer_ref.as_dict(),
+        },
+        "first_token_ms": {"ours": ours_ttft.as_dict(), "peer": peer_ttft.as_dict()},
+        "end_to_end_tokens_per_s": {"ours": ours_e2e.as_dict(), "peer": peer_e2e.as_dict()},
+        "ratios": {
+            "ours_vs_reference": ratio(ours_decode.median, ours_ref.median),
+            "peer_vs_reference": ratio(peer_decode.median, peer_ref.median),
+            "ours_vs_peer": ratio(ours_decode.median, peer_decode.median),
+            "ours_vs_peer_end_to_end": ratio(ours_e2e.median, peer_e2e.median),
+            "ours_vs_peer_reference": ratio(ours_decode.median, peer_ref.median),
+        },
+    }
+
+
+__all__ = [
+    "HOPS_PER_STAGE",
+    "HopFit",
+    "PlotSpec",
+    "Run",
+    "Series",
+    "Summary",
+    "breakdown",
+    "bytes_per_token",
+    "compare_runs",
+    "compare_with_peer",
+    "concurrency_point",
+    "fit_hop_overhead",
+    "hops",
+    "per_hop_vs_reference_ms",
+    "plot_specs",
+    "prefill_point",
+    "ratio",
+    "summarize",
+    "table",
+]
