@@ -20,7 +20,11 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture
 async def open_coordinator(tiny_model, tmp_path: Path):  # noqa: ANN001, ANN201
-    coord = Coordinator(CoordinatorConfig(data_dir=tmp_path / "coord", port=0, settle_s=0.1, open_pool=True), tiny_model)
+    # Plain ws on loopback: these tests are about admission on the server; with TLS the
+    # volunteer would already refuse a forged invite itself (tests/e2e/test_tls.py).
+    coord = Coordinator(
+        CoordinatorConfig(data_dir=tmp_path / "coord", port=0, settle_s=0.1, open_pool=True, insecure_loopback=True), tiny_model
+    )
     await coord.start()
     yield coord
     await coord.stop()
@@ -28,7 +32,8 @@ async def open_coordinator(tiny_model, tmp_path: Path):  # noqa: ANN001, ANN201
 
 def volunteer(tmp_path: Path, name: str, *, url: str, invite: str | None = None) -> Volunteer:
     profile = quick_profile(memory_bytes=2**30, name=name)
-    return Volunteer(VolunteerConfig(data_dir=tmp_path / name, url=url, invite=invite, name=name, profile=profile))
+    return Volunteer(VolunteerConfig(data_dir=tmp_path / name, url=url, invite=invite, name=name, profile=profile,
+                                     insecure_loopback=True))
 
 
 async def test_a_volunteer_without_an_invite_joins_an_open_pool(open_coordinator: Coordinator, tmp_path: Path) -> None:

@@ -77,7 +77,7 @@ async def test_advert_is_found_updated_and_withdrawn_on_loopback() -> None:
         await advertiser.start()
         found = await wait_for(events, PoolFound, pool_id=POOL_ID)
         assert isinstance(found, PoolFound)
-        assert found.pool.ws_url == "ws://127.0.0.1:4321/ws"
+        assert found.pool.ws_url == "wss://127.0.0.1:4321/ws"
         assert found.pool.advert == describe()
         state["volunteers"] = 2
         updated = await wait_for(events, PoolUpdated, pool_id=POOL_ID)
