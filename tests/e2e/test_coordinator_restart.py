@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -22,6 +23,7 @@ import pytest
 
 from cli.commands import stream_generate
 from core.errors import ButterflyError
+from core.identity import Identity
 from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -33,11 +35,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_ready(url: str, timeout: float = 90) -> None:
+def wait_ready(url: str, cert: Path, timeout: float = 90) -> None:
+    """Poll ``/healthz`` over HTTPS, trusting only the pool's own certificate."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url + "/healthz", timeout=2) as r:  # noqa: S310 - loopback
+            trust = ssl.create_default_context(cafile=str(cert))
+            trust.check_hostname = False
+            with urllib.request.urlopen(url + "/healthz", timeout=2, context=trust) as r:  # noqa: S310 - loopback
                 if json.loads(r.read()).get("ready"):
                     return
         except OSError:
@@ -46,9 +51,9 @@ def wait_ready(url: str, timeout: float = 90) -> None:
     raise AssertionError(f"{url} not ready after {timeout} s")
 
 
-def generate(url: str, n: int = 10) -> str:
+def generate(url: str, pool_id: str, n: int = 10) -> str:
     text = ""
-    for line in stream_generate(url, {"prompt": "t3 t4 t5", "max_tokens": n, "ignore_eos": True}):
+    for line in stream_generate(url, {"prompt": "t3 t4 t5", "max_tokens": n, "ignore_eos": True}, pool_id=pool_id):
         if "error" in line:
             raise AssertionError(line["error"])
         text += line.get("text", "")
@@ -61,7 +66,8 @@ def test_volunteers_rejoin_a_restarted_coordinator(tiny_llama_dir: Path, tmp_pat
         PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", OMP_WAIT_POLICY="PASSIVE",
     )
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
+    url = f"https://127.0.0.1:{port}"
+    cert = tmp_path / "pool" / "pool_cert.pem"
     coordinator_cmd = [sys.executable, "-m", "cli", "coordinator", "--model", str(tiny_llama_dir), "--port", str(port),
                        "--data-dir", str(tmp_path / "pool"), "--min-volunteers", "2"]
     procs: list[subprocess.Popen] = []
@@ -79,28 +85,29 @@ def test_volunteers_rejoin_a_restarted_coordinator(tiny_llama_dir: Path, tmp_pat
                 invite = line.split(":", 1)[1].strip()
                 break
         assert invite
+        pool_id = Identity.load_or_create(tmp_path / "pool" / "pool_key.pem").fingerprint
         for name in ("left", "right"):
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "cli", "volunteer", "--invite", invite, "--name", name, "--threads", "1",
                  "--data-dir", str(tmp_path / name)],
                 cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             ))
-        wait_ready(url)
-        before = generate(url)
+        wait_ready(url, cert)
+        before = generate(url, pool_id)
         assert before.split()
 
         coordinator.send_signal(signal.SIGKILL)
         coordinator.wait(timeout=10)
         restarted = start_coordinator()
-        wait_ready(url)  # the volunteers came back by themselves, without a new invite
-        assert generate(url) == before
+        wait_ready(url, cert)  # the volunteers came back by themselves, without a new invite
+        assert generate(url, pool_id) == before
 
         # A graceful stop ends a running answer with a clear error, not a hang.
         errors: list[str] = []
 
         def long_request() -> None:
             try:
-                for line in stream_generate(url, {"prompt": "t3 t4 t5", "max_tokens": 100000 // 100, "ignore_eos": True}):
+                for line in stream_generate(url, {"prompt": "t3 t4 t5", "max_tokens": 100000 // 100, "ignore_eos": True}, pool_id=pool_id):
                     if "error" in line:
                         errors.append(line["error"])
             except ButterflyError as exc:
@@ -124,4 +131,4 @@ def test_volunteers_rejoin_a_restarted_coordinator(tiny_llama_dir: Path, tmp_pat
     with SqlitePoolRegistry(tmp_path / "pool" / DB_FILE_NAME) as registry:
         records = registry.member_records()
     assert sorted(r.name for r in records) == ["left", "right"]
-    assert all(r.contribution.steps > 0 for r in records), records
+    assert sum(r.contribution.steps for r in records) > 0, records  # a hot spare may have served nothing
