@@ -363,6 +363,13 @@ class LoopbackPool:
         names = ("dtype", "wire_codec", "wire_logits", "verify_share", "probation_steps", "insecure_loopback", "max_sessions")
         return {n: getattr(config, n) for n in names if hasattr(config, n)}
 
+    def event_counts(self) -> dict[str, int]:
+        """How many pool events of each kind (plans, re-plans, strikes, failures…) happened so far."""
+        counts: dict[str, int] = {}
+        for entry in self.coordinator.pool.events.entries:
+            counts[str(entry["kind"])] = counts.get(str(entry["kind"]), 0) + 1
+        return counts
+
     def split(self) -> list[list[object]]:
         """``[volunteer, start, end]`` per stage of the live pipeline."""
         return [[s.link.name, s.start, s.end] for s in self.pipeline.stages]
@@ -466,22 +473,31 @@ async def _alternate(pool: LoopbackPool, reference: Reference, prompt_ids: list[
     return {"ours": ours, "reference": refs, "same_tokens": same, "tokens": last_ids}
 
 
-async def _wire(pool: LoopbackPool, prompt_ids: list[int], tokens: int) -> dict[str, object]:
-    """Bytes per decoded token on each stage's link, prefill and per-request messages cancelled out."""
-    before = pool.wire_bytes()
-    await pool.generate(prompt_ids, 1)
-    middle = pool.wire_bytes()
-    await pool.generate(prompt_ids, tokens)
-    after = pool.wire_bytes()
-    per_stage = []
-    for i, (b, m, a) in enumerate(zip(before, middle, after)):
-        per_stage.append({
-            "stage": i,
-            "to_volunteer": bytes_per_token(a[0] - m[0], m[0] - b[0], tokens, 1),
-            "from_volunteer": bytes_per_token(a[1] - m[1], m[1] - b[1], tokens, 1),
-        })
-    total = sum(s["to_volunteer"] + s["from_volunteer"] for s in per_stage)
-    return {"bytes_per_token": total, "per_stage": per_stage}
+async def _wire(pool: LoopbackPool, prompt_ids: list[int], tokens: int, *, attempts: int = 3) -> dict[str, object]:
+    """Bytes per decoded token on each stage's link, prefill and per-request messages cancelled out.
+
+    A re-plan in the middle (a volunteer judged slower than planned on a busy machine)
+    moves weights over the links; such an attempt is discarded and measured again.
+    """
+    for attempt in range(1, attempts + 1):
+        pipeline, replans = pool.pipeline, pool.coordinator.pool.replans
+        before = pool.wire_bytes()
+        await pool.generate(prompt_ids, 1)
+        middle = pool.wire_bytes()
+        await pool.generate(prompt_ids, tokens)
+        if pool.pipeline is not pipeline or pool.coordinator.pool.replans != replans:
+            continue
+        after = pool.wire_bytes()
+        per_stage = []
+        for i, (b, m, a) in enumerate(zip(before, middle, after)):
+            per_stage.append({
+                "stage": i,
+                "to_volunteer": bytes_per_token(a[0] - m[0], m[0] - b[0], tokens, 1),
+                "from_volunteer": bytes_per_token(a[1] - m[1], m[1] - b[1], tokens, 1),
+            })
+        total = sum(s["to_volunteer"] + s["from_volunteer"] for s in per_stage)
+        return {"bytes_per_token": total, "per_stage": per_stage, "attempts": attempt}
+    return {"bytes_per_token": None, "note": f"the pool re-planned during each of {attempts} attempts"}
 
 
 async def _concurrency(pool: LoopbackPool, prompt_ids: list[int], levels: Sequence[int], tokens: int,
@@ -556,6 +572,7 @@ async def measure(options: BenchOptions, say: Any = print) -> dict[str, object]:
             report["prefill"], report["prefill_skipped"] = await _prefill(pool, reference, options, tokenizer, config)
             say("Wire bytes per token…")
             report["wire"] = await _wire(pool, prompt_ids, options.tokens)
+            report["pool_events"] = pool.event_counts()
             if options.concurrency:
                 say("Concurrent sessions…")
                 tokens = min(options.tokens, 8 if options.quick else CONCURRENCY_TOKENS)
@@ -637,7 +654,7 @@ async def _codecs(model: Any, options: BenchOptions, prompt_ids: list[int], work
                 await pool.generate(prompt_ids, min(options.tokens, 8))
                 wire = await _wire(pool, prompt_ids, options.tokens)
                 run, _ = await pool.generate(prompt_ids, options.tokens)
-                results[name] = {**wire, "decode_tokens_per_s": run.decode_tokens_per_s}
+                results[name] = {**wire, "decode_tokens_per_s": run.decode_tokens_per_s, "pool_events": pool.event_counts()}
         except ConfigError as exc:
             results[name] = {"error": exc.message}
     return {"supported": True, "results": results}
