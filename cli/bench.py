@@ -193,14 +193,9 @@ def machine_info() -> dict[str, object]:
     import psutil
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from app.hardware.probe import cpu_model
+
+    cpu = cpu_model(platform.system())
     return {
         "cpu": cpu,
         "logical_cpus": os.cpu_count(),

@@ -78,14 +78,9 @@ LINKS = {
 
 def machine() -> dict[str, object]:
     """Where the benchmark ran."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from app.hardware.probe import cpu_model
+
+    cpu = cpu_model(platform.system())
     import numpy
 
     return {
