@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 import torch
@@ -49,8 +50,10 @@ from core.protocol.messages import (
     Drain,
     EndSession,
     Error,
+    Feed,
     FetchTensor,
     Forward,
+    Handoff,
     Heartbeat,
     HeartbeatAck,
     Hello,
@@ -67,15 +70,23 @@ from core.protocol.messages import (
 )
 from core.protocol.session import ProtocolConnection, Role
 from core.protocol.signing import verify_assignment
+from core.protocol.top_logits import top_logits
 from core.tls import check_pin, client_context, peer_pool_id, require_loopback
 from core.transport import Channel, ChannelClosed
 from core.types import HardwareProfile
+
+if TYPE_CHECKING:
+    from app.peers import PeerNetwork
 
 log = logging.getLogger(__name__)
 
 APP_VERSION = "0.1.0"
 FETCH_WINDOW = 4
 PROGRESS_EVERY_S = 0.25
+AWAIT_INPUT_S = 30.0
+"""How long a step waits for its input from a peer (or the coordinator) before it is given up."""
+MAX_EARLY_HANDOFFS = 256
+"""Hand-offs kept that arrived before their step's Forward (bounded: a peer cannot fill memory)."""
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -93,6 +104,12 @@ class VolunteerConfig:
     ``perturb`` (debug only) adds noise of that relative size to every output, so the
     pool's result validation can be seen catching and quarantining a wrong volunteer.
     ``max_batch`` bounds how many waiting decode steps run as one forward (1: no batching).
+    ``direct_links``: accept and open direct links to the pool's other volunteers
+    (:mod:`app.peers`, found over mDNS), so hidden states skip the coordinator; off, the
+    coordinator relays them. ``peer_host`` is the address to listen on for them (default:
+    the address this machine reaches the coordinator from), ``peer_port`` the port (0: any
+    free one) and ``peer_advertise_port`` the port other volunteers are told to dial, when
+    it differs (a forwarded port).
     """
 
     data_dir: Path
@@ -111,6 +128,18 @@ class VolunteerConfig:
     insecure_loopback: bool = False
     perturb: float = 0.0
     max_batch: int = DEFAULT_MAX_BATCH
+    direct_links: bool = True
+    peer_host: str | None = None
+    peer_port: int = 0
+    peer_advertise_port: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """A step's output as it leaves: encoded for the wire, with token ids when it is top logits only."""
+
+    out: EncodedTensor
+    indices: torch.Tensor | None = None
 
 
 @dataclass(slots=True)
@@ -162,6 +191,11 @@ class Volunteer:
         self.end_reason = "closed"
         self._tls_pool_id: str | None = None
         self._pool_public_key: bytes | None = None
+        self.peers: PeerNetwork | None = None
+        self._awaiting: dict[int, tuple[Forward, float]] = {}  # step id -> a Forward whose input comes from a peer
+        self._early: dict[int, tuple[str, Handoff, float]] = {}  # step id -> (sender, hand-off) before its Forward
+        self.handoffs_used = 0  # steps whose input came straight from a peer
+        self.handoffs_sent = 0  # outputs handed straight to the next stage
 
     # --- pinning ---------------------------------------------------------------------
 
@@ -212,6 +246,7 @@ class Volunteer:
                     check_pin(seen, self._pinned_pool_id(), where=self.url)
                     self._tls_pool_id = seen
                 await self._handshake(channel)
+                await self._start_peers(ws)
                 self._on_status("connected")
                 worker = asyncio.create_task(self._compute_loop(), name="compute")
                 try:
@@ -224,6 +259,8 @@ class Volunteer:
                     await channel.fail(exc)  # an unproven peer is told nothing
                 raise
             finally:
+                if self.peers is not None:
+                    await self.peers.stop()
                 await channel.close()
                 self._executor.shutdown(wait=False, cancel_futures=True)
                 self._done.set()
@@ -305,8 +342,14 @@ class Volunteer:
                     msg = await channel.recv()
                 except ChannelClosed:
                     return
-                if isinstance(msg, Forward | EndSession):
+                if isinstance(msg, Forward) and msg.awaits_input:
+                    self._await_input(msg)
+                elif isinstance(msg, Forward | EndSession):
+                    if isinstance(msg, Forward) and msg.next_node is not None and self.peers is not None:
+                        self.peers.want(msg.next_node)  # dial while the step computes
                     self._queue.put_nowait(msg)
+                elif isinstance(msg, Feed):
+                    self._input_arrived(msg.step_id, None, msg.x, msg.codec, msg.scales)
                 elif isinstance(msg, TensorChunk):
                     fut = self._chunks.pop((msg.assignment_id, msg.name, msg.offset), None)
                     if fut is None or fut.done():
@@ -340,6 +383,97 @@ class Volunteer:
         finally:
             for task in loads:
                 task.cancel()
+
+    # --- direct links ----------------------------------------------------------------
+
+    async def _start_peers(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Listen for the pool's other volunteers on the address that reaches the coordinator, and advertise it."""
+        if not self.config.direct_links or self.pool_id is None:
+            return
+        from app.peers import PeerNetwork
+
+        sockname = ws.get_extra_info("sockname")
+        host = self.config.peer_host or (sockname[0] if isinstance(sockname, tuple) and sockname else "127.0.0.1")
+        peers = PeerNetwork(self.identity, pool_id=self.pool_id, host=host, cert_dir=self.config.data_dir,
+                            on_handoff=self._on_handoff, listen_port=self.config.peer_port,
+                            advertise_port=self.config.peer_advertise_port)
+        try:
+            await peers.start()
+        except (OSError, ButterflyError) as exc:
+            log.warning("direct links are off: cannot listen on %s (%s); the coordinator relays", host, exc)
+            await peers.stop()
+            return
+        self.peers = peers
+
+    def _await_input(self, msg: Forward) -> None:
+        """Hold a step until its input arrives from ``msg.from_node`` (or a Feed); it may already have."""
+        self._expire_awaiting()
+        early = self._early.pop(msg.step_id, None)
+        self._awaiting[msg.step_id] = (msg, time.monotonic())
+        if self.peers is not None and msg.next_node is not None:
+            self.peers.want(msg.next_node)  # dial ahead: the output goes there
+        if early is not None:
+            sender, handoff, _ = early
+            self._on_handoff(sender, handoff)
+
+    def _on_handoff(self, sender: str, handoff: Handoff) -> None:
+        """A peer handed over a step's input: use it if the coordinator named that peer for the step."""
+        waiting = self._awaiting.get(handoff.step_id)
+        if waiting is None:
+            self._expire_awaiting()
+            if len(self._early) >= MAX_EARLY_HANDOFFS:
+                del self._early[next(iter(self._early))]
+            self._early[handoff.step_id] = (sender, handoff, time.monotonic())
+            return
+        forward = waiting[0]
+        if forward.from_node != sender or (forward.session_id, forward.start_pos) != (handoff.session_id, handoff.start_pos):
+            log.warning("ignoring a hand-off from %s for step %d: the pool named %s for session %s at %d",
+                        sender, handoff.step_id, forward.from_node, forward.session_id[:8], forward.start_pos)
+            return
+        self.handoffs_used += 1
+        self._input_arrived(handoff.step_id, sender, handoff.x, handoff.codec, handoff.scales)
+
+    def _input_arrived(self, step_id: int, sender: str | None, x: torch.Tensor, codec: str, scales: torch.Tensor | None) -> None:
+        """Queue the held step with its input; later copies of the input (a relayed one after a hand-off) are ignored."""
+        waiting = self._awaiting.pop(step_id, None)
+        if waiting is None:
+            return
+        forward = waiting[0]
+        try:
+            ready = replace(forward, x=x, codec=codec, scales=scales, from_node=None)
+        except ProtocolViolation as exc:  # an input that does not fit its codec: the step fails alone
+            self._send_step_error(step_id, exc)
+            return
+        self._queue.put_nowait(ready)
+
+    def _expire_awaiting(self) -> None:
+        """Give up steps whose input never came, telling the coordinator; forget stale early hand-offs."""
+        now = time.monotonic()
+        for step_id, (_, since) in list(self._awaiting.items()):
+            if now - since > AWAIT_INPUT_S:
+                del self._awaiting[step_id]
+                self._send_step_error(step_id, ProtocolViolation(
+                    f"the input of step {step_id} never arrived", hint="the upstream volunteer or the direct link failed"))
+        for step_id, (_, _, since) in list(self._early.items()):
+            if now - since > AWAIT_INPUT_S:
+                del self._early[step_id]
+
+    def _send_step_error(self, step_id: int, exc: ButterflyError) -> None:
+        channel = self._channel
+        if channel is not None:
+            task = asyncio.create_task(channel.send(Error.from_exception(exc, step_id=step_id)))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def _hand_on(self, step: Forward, outcome: EncodedTensor) -> bool:
+        """Hand a step's output straight to the next stage's volunteer; whether it went."""
+        if step.next_node is None or self.peers is None:
+            return False
+        sent = await self.peers.send(step.next_node, Handoff(
+            step_id=step.next_step, session_id=step.session_id, start_pos=step.start_pos,
+            x=outcome.data, codec=outcome.codec, scales=outcome.scales,
+        ))
+        self.handoffs_sent += sent
+        return sent
 
     # --- measuring ---------------------------------------------------------------------
 
@@ -529,9 +663,11 @@ class Volunteer:
                         await channel.send(Error.from_exception(outcome, step_id=step.step_id))
                         continue
                     self.steps += 1
+                    handed_off = await self._hand_on(step, outcome.out)
                     await channel.send(Result(
-                        step_id=step.step_id, session_id=step.session_id, compute_s=compute_s, y=outcome.data,
-                        codec=outcome.codec, scales=outcome.scales, batch=together,
+                        step_id=step.step_id, session_id=step.session_id, compute_s=compute_s, y=outcome.out.data,
+                        codec=outcome.out.codec, scales=outcome.out.scales, batch=together, handed_off=handed_off,
+                        indices=outcome.indices,
                     ))
             except (ChannelClosed, ConnectionError):
                 return
@@ -571,7 +707,7 @@ class Volunteer:
         window = [_batch_entry(m) for m in islice(backlog, 4 * self.config.max_batch)]
         return take_batch(window, max_batch=self.config.max_batch)
 
-    def _run(self, steps: list[Forward]) -> tuple[list[EncodedTensor | ButterflyError], int, float]:
+    def _run(self, steps: list[Forward]) -> tuple[list[_Answer | ButterflyError], int, float]:
         """Run forward steps on the compute thread: one answer or error per step, how many ran as one pass, seconds."""
         started = time.perf_counter()
         if len(steps) > 1:
@@ -580,7 +716,7 @@ class Volunteer:
             outcomes, together = [_outcome(self._step, steps[0])], 1
         return outcomes, together, time.perf_counter() - started
 
-    def _step(self, msg: Forward) -> EncodedTensor:
+    def _step(self, msg: Forward) -> _Answer:
         """Run one forward step alone; its answer, encoded for the wire."""
         loaded, cache, x = self._prepare(msg)
         try:
@@ -589,7 +725,7 @@ class Volunteer:
             raise ProtocolViolation(f"forward input refused: {exc}") from None
         return self._answer(msg, loaded, cache, y)
 
-    def _step_batch(self, steps: list[Forward]) -> tuple[list[EncodedTensor | ButterflyError], int]:
+    def _step_batch(self, steps: list[Forward]) -> tuple[list[_Answer | ButterflyError], int]:
         """Run decode steps of different sessions of one assignment as one packed forward.
 
         Returns each step's answer or error, in order, and how many ran together. A step
@@ -597,7 +733,7 @@ class Volunteer:
         runtime refuses an input, no cache has changed yet, so each step is run alone
         and only the faulty one fails.
         """
-        outcomes: list[EncodedTensor | ButterflyError | None] = [None] * len(steps)
+        outcomes: list[_Answer | ButterflyError | None] = [None] * len(steps)
         ready: list[tuple[int, _LoadedShard, KVCache, torch.Tensor]] = []
         for i, msg in enumerate(steps):
             try:
@@ -644,15 +780,21 @@ class Volunteer:
             )
         return loaded, cache, x
 
-    def _answer(self, msg: Forward, loaded: _LoadedShard, cache: KVCache, y: torch.Tensor) -> EncodedTensor:
-        """Refuse non-finite output (forgetting the step's cache entries); else encode it in the step's codec."""
+    def _answer(self, msg: Forward, loaded: _LoadedShard, cache: KVCache, y: torch.Tensor) -> _Answer:
+        """Refuse non-finite output (forgetting the step's cache entries); else encode it in the step's codec
+        (a last stage's logits: only the top ``logits_top`` of them when the step asks so)."""
         y = perturbed(y, self.config.perturb)
         if not bool(torch.isfinite(y).all()):
             cache.truncate(msg.start_pos)
             raise ShardLoadFailed(
                 "this shard produced non-finite values", hint="the weights or the input are corrupt"
             )
-        return encode(y, msg.logits_codec if loaded.shard.layers.is_last else msg.codec)
+        if not loaded.shard.layers.is_last:
+            return _Answer(encode(y, msg.codec))
+        if msg.logits_top:
+            values, ids = top_logits(y, msg.logits_top)
+            return _Answer(encode(values, msg.logits_codec), ids)
+        return _Answer(encode(y, msg.logits_codec))
 
 
 def perturbed(y: torch.Tensor, scale: float, *, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -676,7 +818,7 @@ def _batch_entry(msg: Forward | EndSession | Unassign | None) -> Step | None:
     return None
 
 
-def _outcome(run: Callable[[Forward], EncodedTensor], msg: Forward) -> EncodedTensor | ButterflyError:
+def _outcome(run: Callable[[Forward], _Answer], msg: Forward) -> _Answer | ButterflyError:
     try:
         return run(msg)
     except ButterflyError as exc:

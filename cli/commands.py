@@ -41,6 +41,7 @@ def coordinator_config(args: argparse.Namespace, **overrides: object):  # noqa: 
         min_volunteers=args.min_volunteers,
         dtype=args.dtype,
         wire_codec=getattr(args, "wire_codec", "auto"),
+        direct_links=not getattr(args, "relay_only", False),
         api_key=args.api_key,
         admin_key=getattr(args, "admin_key", None),
         open_pool=args.open,
@@ -103,7 +104,8 @@ def run_volunteer(args: argparse.Namespace) -> int:
         data_dir=data_dir, url=args.url, invite=args.invite, name=args.name, profile=profile,
         slowdown=args.slowdown, memory_cap_bytes=memory,
         pool_id=args.pool_id, insecure_loopback=args.insecure_loopback, perturb=args.perturb,
-        max_batch=args.max_batch,
+        max_batch=args.max_batch, direct_links=not args.no_direct_links, peer_host=args.peer_host,
+        peer_port=args.peer_port, peer_advertise_port=args.peer_advertise_port,
     )
     if args.perturb:
         print(f"DEBUG: --perturb {args.perturb:g}: this volunteer returns WRONG results on purpose; "

@@ -53,6 +53,8 @@ def _add_coordinator_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--wire-codec", choices=("auto", "model", "float16", "bfloat16", "int8"), default="auto",
                    help="how hidden states travel to volunteers (default auto: exact on fast links, float16 on slow ones)")
+    p.add_argument("--relay-only", action="store_true",
+                   help="relay every hidden state through the coordinator instead of letting stages hand them on directly")
     p.add_argument("--api-key", help="require this Bearer key for the generation API")
     p.add_argument("--admin-key", help="the Bearer key of the admin API (default: admin.key in the data dir, made on first start)")
     p.add_argument("--invite-uses", type=int, default=None, help="uses of the printed invite (default unlimited)")
@@ -89,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-gb", type=float, default=None, help="memory cap in GiB (default: half of free RAM)")
     p.add_argument("--slowdown", type=float, default=1.0, help="debug: multiply compute time by this factor")
     p.add_argument("--max-batch", type=int, default=32, help="most sessions' decode steps run as one forward (1 = no batching)")
+    p.add_argument("--no-direct-links", action="store_true",
+                   help="do not open direct links to other volunteers (found over mDNS); all hidden states go through the coordinator")
+    p.add_argument("--peer-host", metavar="IP",
+                   help="address to accept direct links from other volunteers on (default: the one that reaches the coordinator)")
+    p.add_argument("--peer-port", type=int, default=0, help="port for direct links (default: any free port)")
+    p.add_argument("--peer-advertise-port", type=int, default=None,
+                   help="port other volunteers should dial for direct links, when a forwarded port differs from --peer-port")
     p.add_argument("--perturb", type=float, default=0.0, metavar="SCALE",
                    help="debug only: add noise of this relative size to every result (the pool quarantines this volunteer)")
     p.add_argument("--pool-id", help="the pool key fingerprint (bf1…) to insist on (default: the invite's, or the one pinned before)")

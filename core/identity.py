@@ -51,6 +51,7 @@ MAX_EXPIRY: float = 2.0**40
 
 _INVITE_DOMAIN = b"butterfly-invite-v1\x00"
 _AUTH_DOMAIN = b"butterfly-auth-v1\x00"
+_PEER_DOMAIN = b"butterfly-peer-v1\x00"
 _ROLES = ("pool", "node")
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
 _INVITE_FIELDS = frozenset(
@@ -172,6 +173,20 @@ def auth_transcript(*, role: str, pool_id: str, node_public_key: bytes, nonce: b
         raise ValueError(f"node key and nonce must be {PUBLIC_KEY_BYTES} and {NONCE_BYTES} bytes")
     parts = (role.encode("ascii"), pool_id.encode("utf-8"), node_public_key, nonce)
     return _AUTH_DOMAIN + b"".join(len(p).to_bytes(4, "big") + p for p in parts)
+
+
+def peer_transcript(*, pool_id: str, listener_id: str, dialer_public_key: bytes, nonce: bytes) -> bytes:
+    """The bytes a dialing volunteer signs to prove its key on a direct link to another volunteer.
+
+    Binds the pool, the listening volunteer's node id, the dialer's key and the listener's
+    fresh nonce, each length-prefixed under a domain of its own: the signature cannot be
+    replayed to another listener, another pool or another connection, nor mistaken for a
+    coordinator handshake's :func:`auth_transcript`.
+    """
+    if len(dialer_public_key) != PUBLIC_KEY_BYTES or len(nonce) != NONCE_BYTES:
+        raise ValueError(f"dialer key and nonce must be {PUBLIC_KEY_BYTES} and {NONCE_BYTES} bytes")
+    parts = (pool_id.encode("utf-8"), listener_id.encode("utf-8"), dialer_public_key, nonce)
+    return _PEER_DOMAIN + b"".join(len(p).to_bytes(4, "big") + p for p in parts)
 
 
 # --- invites --------------------------------------------------------------------------
@@ -373,6 +388,7 @@ __all__ = [
     "fingerprint",
     "invite_link",
     "parse_invite",
+    "peer_transcript",
     "verify_invite",
     "verify_signature",
 ]

@@ -83,6 +83,9 @@ class CoordinatorConfig:
       on slower ones (:func:`server.links.choose_codec`). ``wire_logits``: how the last
       stage returns logits: ``model`` (exact fp32, the default) or ``float16`` (half the
       bytes; greedy choices between near-tied tokens may flip).
+    - ``direct_links``: stages hand hidden states straight to the next stage's volunteer
+      when the two found each other over mDNS (:mod:`app.peers`), and the coordinator gets a
+      copy; off, or where no direct link exists, the coordinator relays every hop.
     """
 
     model_path: Path | None = None
@@ -128,6 +131,7 @@ class CoordinatorConfig:
     strikes_to_quarantine: int = 3
     wire_codec: str = "auto"
     wire_logits: str = "model"
+    direct_links: bool = True
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:

@@ -31,7 +31,7 @@ from core.types import LayerRange
 from core.store.tokenizer import TextTokenizer
 from server.pool import LivePipeline, Pool
 from server.verifier import Auditor
-from server.sampling import Sampler, SamplingParams, StopStringMatcher
+from server.sampling import Sampler, SamplingParams, StopStringMatcher, logits_needed
 
 log = logging.getLogger(__name__)
 
@@ -86,19 +86,22 @@ class SessionTrace:
 
 async def run_step(
     pipeline: LivePipeline, session_id: str, start_pos: int, x: torch.Tensor, trace: SessionTrace | None = None,
-    *, auditor: Auditor | None = None,
+    *, auditor: Auditor | None = None, logits_top: int = 0,
 ) -> torch.Tensor:
     """Send ``x`` through every stage of ``pipeline``; return the last stage's logits.
 
     With an ``auditor``, each stage's output is checked (when its volunteer is due for a
     check) before the next stage gets it; a wrong one is replaced by the coordinator's.
+    ``logits_top`` > 0: the last stage returns only that many largest logits (``-inf``
+    elsewhere in the returned rows; see :func:`server.sampling.logits_needed`).
     """
     for stage in pipeline.stages:
         if trace is not None:
             trace.record(stage.start, start_pos, x)
         try:
             result = await stage.link.forward(
-                session_id=session_id, assignment_id=stage.assignment_id, start_pos=start_pos, x=x
+                session_id=session_id, assignment_id=stage.assignment_id, start_pos=start_pos, x=x,
+                logits_top=logits_top if stage is pipeline.stages[-1] else 0,
             )
         except StageFailed as exc:
             exc.node_id = exc.node_id or stage.link.node_id
@@ -109,6 +112,93 @@ async def run_step(
             start_pos=start_pos, x=x, y=result.y, trace=trace,
         )
     return x
+
+
+async def run_step_direct(
+    pipeline: LivePipeline, session_id: str, start_pos: int, x: torch.Tensor, trace: SessionTrace | None = None,
+    *, auditor: Auditor | None = None, logits_top: int = 0,
+) -> torch.Tensor:
+    """Like :func:`run_step`, but each stage hands its output straight to the next one.
+
+    Every stage gets its Forward at once: the first with ``x``, the others naming the
+    volunteer their input comes from. A stage that has a direct link to the next hands
+    its output over itself and still returns a copy here (the *tap*): it is recorded
+    for recovery and checked by the ``auditor`` while the next stages already compute,
+    so checks leave the token's critical path. A stage without a direct link returns
+    its output only, and it is relayed from here (:meth:`VolunteerLink.feed`).
+
+    When a check finds a stage wrong, its output was already used downstream: the rest
+    of the step is run again by relay from the coordinator's own output (each stage's
+    cache is cut back to ``start_pos`` first), so the answer equals what :func:`run_step`
+    would give.
+    """
+    stages = pipeline.stages
+    if len(stages) == 1:
+        return await run_step(pipeline, session_id, start_pos, x, trace, auditor=auditor, logits_top=logits_top)
+    last = len(stages) - 1
+    tokens = int(x.shape[0])
+    opened: list[int | None] = [None] * len(stages)
+    checks: list[asyncio.Task[torch.Tensor]] = []
+    k = 0
+    try:
+        for i, stage in enumerate(stages):
+            opened[i] = stage.link.open_step(assignment_id=stage.assignment_id, tokens=tokens,
+                                             logits_top=logits_top if i == last else 0)
+        for i, stage in enumerate(stages):
+            k = i
+            await stage.link.send_step(
+                opened[i], session_id=session_id, assignment_id=stage.assignment_id, start_pos=start_pos,  # type: ignore[arg-type]
+                x=x if i == 0 else None, from_node=None if i == 0 else stages[i - 1].link.node_id,
+                next_node=stages[i + 1].link.node_id if i + 1 < len(stages) else None,
+                next_step=opened[i + 1] if i + 1 < len(stages) else 0,  # type: ignore[arg-type]
+                logits_top=logits_top if i == last else 0,
+            )
+        if trace is not None:
+            trace.record(stages[0].start, start_pos, x)
+        inputs = [x]
+        handed_off = False
+        for i, stage in enumerate(stages):
+            k = i
+            step_id, opened[i] = opened[i], None
+            result = await stage.link.wait_step(step_id, refeed=inputs[-1] if handed_off else None)  # type: ignore[arg-type]
+            y, handed_off = result.y, result.handed_off
+            if auditor is not None and auditor.active:
+                layers = LayerRange(stage.start, stage.end, stages[-1].end)
+                checks.append(asyncio.create_task(auditor.check(
+                    stage.link, session_id=session_id, layers=layers, start_pos=start_pos, x=inputs[-1], y=y, trace=trace,
+                )))
+            if i + 1 < len(stages):
+                if trace is not None:
+                    trace.record(stages[i + 1].start, start_pos, y)
+                if not handed_off:
+                    k = i + 1
+                    await stages[i + 1].link.feed(opened[i + 1], y)  # type: ignore[arg-type]
+            inputs.append(y)
+        for i, check in enumerate(checks):
+            used = inputs[i + 1]
+            verified = await check
+            if verified is not used:  # stage i was wrong, and its output went on: redo the rest by relay
+                rest = LivePipeline(stages=stages[i + 1:], bottleneck_s=pipeline.bottleneck_s) if i + 1 < len(stages) else None
+                if trace is not None and rest is not None:
+                    trace.record(stages[i + 1].start, start_pos, verified)
+                for task in checks[i + 1:]:
+                    task.cancel()
+                if rest is None:
+                    return verified
+                return await run_step(rest, session_id, start_pos, verified, trace, auditor=auditor, logits_top=logits_top)
+        return inputs[-1]
+    except StageFailed as exc:
+        exc.node_id = exc.node_id or stages[k].link.node_id
+        if getattr(exc, "link", None) is None:
+            exc.link = stages[k].link  # type: ignore[attr-defined]
+        raise
+    finally:
+        for stage, step_id in zip(stages, opened, strict=True):
+            if step_id is not None:
+                stage.link.abandon(step_id)
+        for task in checks:
+            if not task.done():
+                task.cancel()
 
 
 async def rebuild(
@@ -184,11 +274,15 @@ async def generate(
     tokenizer: TextTokenizer,
     prompt_ids: Sequence[int],
     params: SamplingParams,
+    *,
+    direct: bool | None = None,
 ) -> AsyncIterator[TokenEvent]:
     """Stream the answer to ``prompt_ids``; the final event carries finish reason and usage.
 
     Stage failures are survived up to ``recovery_attempts`` times while a pipeline can be
     had within ``request_wait_s``; then the request fails with :class:`RequestFailed`.
+    ``direct`` overrides the pool's ``direct_links`` setting for this request (benchmarks
+    compare both ways on one pool).
     """
     if not prompt_ids:
         raise ConfigError("the prompt is empty", hint="send at least one token of text")
@@ -203,6 +297,8 @@ async def generate(
     session_id = uuid.uuid4().hex
     trace = SessionTrace()
     sampler = Sampler(params, seed=params.seed if params.seed is not None else secrets.randbits(63))
+    logits_top = logits_needed(params)
+    use_direct = pool.config.direct_links if direct is None else direct
     decoder = tokenizer.stream_decoder()
     matcher = StopStringMatcher(params.stop)
     eos = set() if params.ignore_eos else set(tokenizer.eos_token_ids)
@@ -226,7 +322,8 @@ async def generate(
                     old, pipeline = pipeline, None
                     pipeline, moved = await _move(pool, old, session_id, trace, pos, used)
                     replayed += moved
-                logits = await run_step(pipeline, session_id, pos, x, trace, auditor=pool.auditor)
+                step = run_step_direct if use_direct else run_step
+                logits = await step(pipeline, session_id, pos, x, trace, auditor=pool.auditor, logits_top=logits_top)
             except StageFailed as exc:
                 recoveries += 1
                 log.warning("session %s: %s; recovering (%d)", session_id[:8], exc, recoveries)
@@ -308,4 +405,4 @@ async def _move(
     return new, replayed
 
 
-__all__ = ["TokenEvent", "Usage", "SessionTrace", "generate", "rebuild", "run_step"]
+__all__ = ["TokenEvent", "Usage", "SessionTrace", "generate", "rebuild", "run_step", "run_step_direct"]

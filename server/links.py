@@ -26,6 +26,7 @@ import torch
 from core.errors import ButterflyError, ConfigError, ProtocolViolation, StageFailed
 from core.protocol.bounds import check_result_output
 from core.protocol.codec import EncodedTensor, decode, encode
+from core.protocol.top_logits import check_top_logits, densify
 from core.protocol.messages import (
     Assign,
     LinkProbe,
@@ -36,6 +37,7 @@ from core.protocol.messages import (
     Drain,
     EndSession,
     Error,
+    Feed,
     FetchTensor,
     Forward,
     Heartbeat,
@@ -96,6 +98,7 @@ class _Pending:
     layers: float
     replay: bool = False  # replayed steps run back to back: not a measure of serving speed
     stage: LayerRange | None = None  # the layers that computed it: what its output must look like
+    logits_top: int = 0  # top logits asked for (0: all)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +108,7 @@ class StepResult:
     y: torch.Tensor
     compute_s: float
     round_trip_s: float
+    handed_off: bool = False  # the stage also handed ``y`` straight to the next stage's volunteer
 
 
 class VolunteerLink:
@@ -156,6 +160,7 @@ class VolunteerLink:
         self.compute_s_total = 0.0
         self.batched_steps = 0  # steps the volunteer ran packed with other sessions' steps
         self.forward_passes = 0.0  # steps weighted 1/batch: steps_served / forward_passes is the mean batch
+        self.handed_off_steps = 0  # steps whose output the volunteer handed straight to the next stage
 
     @property
     def codec(self) -> str:
@@ -191,17 +196,22 @@ class VolunteerLink:
         return sum(self.times.expected_s(tokens=p.tokens, layers=p.layers, fallback_s_per_layer=fallback)
                    for p in self._pending.values())
 
-    async def forward(self, *, session_id: str, assignment_id: str, start_pos: int, x: torch.Tensor) -> StepResult:
+    async def forward(self, *, session_id: str, assignment_id: str, start_pos: int, x: torch.Tensor,
+                      logits_top: int = 0) -> StepResult:
         """Run one step on this volunteer's stage and wait for its output.
 
-        Raises :class:`StageFailed` when the volunteer is gone, reports an error for the
-        step, or stalls (then the link is closed: a frozen volunteer is dropped).
+        ``logits_top`` > 0 asks a last stage for only that many largest logits (the result
+        is dense again: ``-inf`` elsewhere, see :mod:`core.protocol.top_logits`). Raises
+        :class:`StageFailed` when the volunteer is gone, reports an error for the step, or
+        stalls (then the link is closed: a frozen volunteer is dropped).
         """
-        (result,) = await self.forward_many(session_id=session_id, assignment_id=assignment_id, steps=[(start_pos, x)])
+        (result,) = await self.forward_many(session_id=session_id, assignment_id=assignment_id, steps=[(start_pos, x)],
+                                            logits_top=logits_top)
         return result
 
     async def forward_many(
-        self, *, session_id: str, assignment_id: str, steps: list[tuple[int, torch.Tensor]], replay: bool = False
+        self, *, session_id: str, assignment_id: str, steps: list[tuple[int, torch.Tensor]], replay: bool = False,
+        logits_top: int = 0,
     ) -> list[StepResult]:
         """Send several steps of one session back to back, then wait for all results.
 
@@ -222,7 +232,7 @@ class VolunteerLink:
                 tokens = int(x.shape[0])
                 self._pending[step_id] = _Pending(
                     loop.create_future(), time.perf_counter(), tokens, layers, replay or len(steps) > 1,
-                    state.layers if state is not None else None,
+                    state.layers if state is not None else None, logits_top,
                 )
                 ids.append(step_id)
                 timeout += self.step_timeout(tokens=tokens, layers=layers, queued_s=queued_s)
@@ -230,7 +240,7 @@ class VolunteerLink:
                 enc = encode(x, codec)
                 await self.channel.send(Forward(
                     step_id=step_id, session_id=session_id, assignment_id=assignment_id, start_pos=start_pos,
-                    x=enc.data, codec=enc.codec, scales=enc.scales, logits_codec=self.logits_codec,
+                    x=enc.data, codec=enc.codec, scales=enc.scales, logits_codec=self.logits_codec, logits_top=logits_top,
                 ))
             futures = [self._pending[i].future for i in ids]
             return list(await asyncio.wait_for(asyncio.gather(*futures), min(timeout, self.stall_ceiling_s * len(ids))))
@@ -245,6 +255,95 @@ class VolunteerLink:
                 pending = self._pending.pop(i, None)
                 if pending is not None and not pending.future.done():
                     pending.future.cancel()
+
+    # --- direct links: the steps of one token, sent to every stage at once ----------
+
+    def open_step(self, *, assignment_id: str, tokens: int, logits_top: int = 0) -> int:
+        """Register a step to be sent with :meth:`send_step`; its id, for the upstream stage's ``next_step``.
+
+        Every opened step ends with :meth:`wait_step` or :meth:`abandon`.
+        """
+        if self.closed.is_set():
+            raise StageFailed(f"volunteer {self.name} is gone: {self.close_reason}")
+        state = self.loads.get(assignment_id)
+        step_id = next(self._step_ids)
+        self._pending[step_id] = _Pending(
+            asyncio.get_running_loop().create_future(), time.perf_counter(), tokens,
+            state.cost_layers if state is not None else 1.0, False, state.layers if state is not None else None,
+            logits_top,
+        )
+        return step_id
+
+    async def send_step(
+        self, step_id: int, *, session_id: str, assignment_id: str, start_pos: int, x: torch.Tensor | None,
+        from_node: str | None = None, next_node: str | None = None, next_step: int = 0, logits_top: int = 0,
+    ) -> None:
+        """Send an opened step: with ``x``, or (``x`` None) naming ``from_node`` as the volunteer
+        that hands the input over; ``next_node``/``next_step``: where the output goes on directly."""
+        try:
+            if x is None:
+                await self.channel.send(Forward(
+                    step_id=step_id, session_id=session_id, assignment_id=assignment_id, start_pos=start_pos,
+                    x=torch.empty(0), logits_codec=self.logits_codec, from_node=from_node,
+                    next_node=next_node, next_step=next_step, logits_top=logits_top,
+                ))
+                return
+            enc = encode(x, self.codec)
+            await self.channel.send(Forward(
+                step_id=step_id, session_id=session_id, assignment_id=assignment_id, start_pos=start_pos,
+                x=enc.data, codec=enc.codec, scales=enc.scales, logits_codec=self.logits_codec,
+                next_node=next_node, next_step=next_step, logits_top=logits_top,
+            ))
+        except (ChannelClosed, ConnectionError) as exc:
+            raise StageFailed(f"volunteer {self.name} disconnected: {exc}") from exc
+
+    async def feed(self, step_id: int, x: torch.Tensor) -> None:
+        """Relay the input of a step whose upstream could not hand it over (a no-op once it is answered)."""
+        pending = self._pending.get(step_id)
+        if pending is None or pending.future.done():
+            return
+        enc = encode(x, self.codec)
+        try:
+            await self.channel.send(Feed(step_id=step_id, x=enc.data, codec=enc.codec, scales=enc.scales))
+        except ProtocolViolation:
+            pass  # the answer arrived while we encoded: nothing left to feed
+        except (ChannelClosed, ConnectionError) as exc:
+            raise StageFailed(f"volunteer {self.name} disconnected: {exc}") from exc
+
+    async def wait_step(self, step_id: int, *, refeed: torch.Tensor | None = None) -> StepResult:
+        """Wait for an opened step's result; the step is closed afterwards, whatever happens.
+
+        The stall clock starts now (the caller waits for the upstream stage first). With
+        ``refeed`` (the input the upstream said it handed over), a step not answered within
+        half the stall time is fed that input by relay, and the volunteer counts as stalled
+        only when the whole stall time passes: a hand-off lost on a direct link that broke
+        must not cost a healthy volunteer its place, nor delay noticing a frozen one.
+        """
+        pending = self._pending.get(step_id)
+        if pending is None:
+            raise StageFailed(f"step {step_id} on volunteer {self.name} was never opened")
+        timeout = limit = self.step_timeout(tokens=pending.tokens, layers=pending.layers, queued_s=self._queued_s())
+        try:
+            if refeed is not None:
+                try:
+                    return await asyncio.wait_for(asyncio.shield(pending.future), timeout / 2)
+                except TimeoutError:
+                    log.info("volunteer %s: no answer %.1f s after a hand-off; relaying the input", self.name, timeout / 2)
+                    await self.feed(step_id, refeed)
+                    timeout /= 2
+            return await asyncio.wait_for(pending.future, timeout)
+        except TimeoutError:
+            self.close_reason = f"stalled: no answer within {limit:.1f} s"
+            asyncio.create_task(self.channel.close(4002, "stalled"))
+            raise StageFailed(f"volunteer {self.name} stalled (no answer within {limit:.1f} s)") from None
+        finally:
+            self.abandon(step_id)
+
+    def abandon(self, step_id: int) -> None:
+        """Stop waiting for a step (its answer, if it comes, is dropped)."""
+        pending = self._pending.pop(step_id, None)
+        if pending is not None and not pending.future.done():
+            pending.future.cancel()
 
     async def send_model_info(self, *, model_id: str, model_name: str, hf_config: dict, dtype: str) -> None:
         """Tell the volunteer which model the pool runs, so it can benchmark a real layer of it."""
@@ -329,15 +428,22 @@ class VolunteerLink:
             self.forward_passes += 1.0 / msg.batch
             if msg.batch > 1:
                 self.batched_steps += 1
+            if msg.handed_off:
+                self.handed_off_steps += 1
             elif not pending.replay:  # a batched step's time is not one step's: it would skew the speed seen
                 self.times = self.times.observe(compute_s=msg.compute_s, tokens=pending.tokens, layers=pending.layers)
             y = decode(EncodedTensor(msg.codec, msg.y, msg.scales), dtype=msg.y.dtype if msg.codec == "model" else torch.float32)
-            if pending.stage is not None:  # a wrong shape, dtype or a NaN closes the link: the stage is replaced
-                config = self.model.config
+            config = self.model.config
+            if msg.indices is not None:  # top logits only: checked, then made dense (-inf elsewhere)
+                if pending.stage is None or not pending.stage.is_last or not pending.logits_top:
+                    raise ProtocolViolation(f"volunteer {self.name} sent top logits for a step that did not ask for them")
+                check_top_logits(y, msg.indices, vocab_size=config.vocab_size, tokens=pending.tokens, k=pending.logits_top)
+                y = densify(y, msg.indices, config.vocab_size)
+            elif pending.stage is not None:  # a wrong shape, dtype or a NaN closes the link: the stage is replaced
                 check_result_output(y, layers=pending.stage, hidden_size=config.hidden_size,
                                     vocab_size=config.vocab_size, tokens=pending.tokens)
             if not pending.future.done():
-                pending.future.set_result(StepResult(y, msg.compute_s, time.perf_counter() - pending.sent_at))
+                pending.future.set_result(StepResult(y, msg.compute_s, time.perf_counter() - pending.sent_at, msg.handed_off))
         elif isinstance(msg, FetchTensor):
             await self._serve_fetch(msg)
         elif isinstance(msg, LoadProgress):

@@ -598,6 +598,7 @@ class Pool:
                     "rtt_ms": None if l.rtt_s is None else round(l.rtt_s * 1000, 3),
                     "draining": l.draining,
                     "steps": l.steps_served,
+                    "handed_off_steps": l.handed_off_steps,
                     "layers": [
                         [s.start, s.end] for p in self.pipelines for s in p.stages if s.link is l
                     ],
@@ -609,7 +610,8 @@ class Pool:
                 {
                     "node_id": node_id, "name": q["name"], "os": q["os"], "device": q["device"],
                     "memory_bytes": q["memory_bytes"], "seconds_per_layer": 0.0, "observed_seconds_per_layer": None,
-                    "rtt_ms": None, "draining": False, "steps": q["steps"], "layers": [], **self._trust_view(node_id),
+                    "rtt_ms": None, "draining": False, "steps": q["steps"], "handed_off_steps": 0, "layers": [],
+                    **self._trust_view(node_id),
                 }
                 for node_id, q in self.quarantined.items()
             ],

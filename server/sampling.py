@@ -56,6 +56,24 @@ class SamplingParams:
         return self.temperature == 0.0
 
 
+LOGITS_TOP = 64
+"""How many of the largest logits the last stage returns when sampling reads no more than those."""
+
+
+def logits_needed(params: SamplingParams) -> int:
+    """How many of the largest logits per row sampling with ``params`` can ever read; 0: all of them.
+
+    Greedy reads the largest; top-k sampling (``top_k <= LOGITS_TOP``) reads the ``top_k``
+    largest, and its softmax and top-p cut are computed over those alone. Sampling the
+    whole vocabulary needs every logit.
+    """
+    if params.greedy:
+        return LOGITS_TOP
+    if 0 < params.top_k <= LOGITS_TOP:
+        return LOGITS_TOP
+    return 0
+
+
 class Sampler:
     """Picks the next token from fp32 logits; owns the request's seeded generator."""
 

@@ -36,7 +36,9 @@ from core.model.shard import Shard
 from core.model.weights import shard_tensor_names
 from core.protocol.codec import decode, encode
 from core.types import LayerRange
+from core.protocol.top_logits import sparse_part
 from server.validation import (
+    Tolerance,
     TrustLedger,
     TrustPolicy,
     TrustState,
@@ -183,6 +185,24 @@ def as_sent(t: torch.Tensor, codec: str) -> torch.Tensor:
     return decode(encode(t, codec), dtype=t.dtype)
 
 
+def compare_output(expected: torch.Tensor, got: torch.Tensor, tol: Tolerance) -> Verdict:
+    """:func:`~server.validation.compare`, also for a last stage that sent its top logits only.
+
+    Such an answer (dense, ``-inf`` outside the top ``k``; :mod:`core.protocol.top_logits`)
+    must agree with the recomputed logits at the ids it names, and its values with the
+    recomputed top ``k``: so the ids it names are, within tolerance, the largest ones.
+    """
+    sparse = sparse_part(got) if got.dim() == 2 and got.shape == expected.shape else None
+    if sparse is None:
+        return compare(expected, got, tol)
+    values, ids = sparse
+    at_ids = compare(expected.gather(-1, ids.long()), values, tol)
+    if not at_ids.agree:
+        return at_ids
+    ranked = compare(torch.topk(expected, values.shape[-1], dim=-1).values, values, tol)
+    return ranked if not ranked.agree else Verdict(True, max(at_ids.error, ranked.error))
+
+
 def _contiguous(steps: Sequence[tuple[int, torch.Tensor]], start: int, end: int) -> bool:
     """Whether ``steps`` cover positions ``start .. end`` exactly, in order."""
     pos = start
@@ -253,7 +273,7 @@ class Auditor:
                 log.warning("could not check a step of %s (layers %s): %s", link.name, layers, reason)
             return y
         arrived = as_sent(expected, link.logits_codec if layers.is_last else codec)
-        verdict = compare(arrived, y, tolerance_for(self.dtype, link.profile.device))
+        verdict = compare_output(arrived, y, tolerance_for(self.dtype, link.profile.device))
         before = self.ledger.get(link.node_id).state
         self.ledger = record(self.ledger, link.node_id, verdict, now=self._clock())
         if verdict.agree:
@@ -271,4 +291,4 @@ class Auditor:
         self.verifier.close()
 
 
-__all__ = ["Auditor", "StepHistory", "Verifier", "as_sent"]
+__all__ = ["Auditor", "StepHistory", "Verifier", "as_sent", "compare_output"]

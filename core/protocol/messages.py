@@ -34,6 +34,7 @@ from core import errors
 from core.errors import ButterflyError, ProtocolViolation
 from core.protocol.codec import CODECS, check_payload
 from core.protocol.frames import Frame, Limits, decode_frame, encode_frame
+from core.protocol.top_logits import MAX_LOGITS_TOP
 from core.types import HardwareProfile, LayerRange, NodeId
 
 MAX_CHUNK_BYTES: int = 8 * 2**20
@@ -111,6 +112,17 @@ class _Choice(_Codec):
     def check(self, kind: str, path: str, value: Any) -> Any:
         if not isinstance(value, str) or value not in self.choices:
             _fail(kind, path, f"must be one of {', '.join(sorted(self.choices))}, got {_short(value)}")
+        return value
+
+
+class _Flag(_Codec):
+    """A JSON boolean (``true``/``false``; integers are refused)."""
+
+    __slots__ = ()
+
+    def check(self, kind: str, path: str, value: Any) -> Any:
+        if type(value) is not bool:
+            _fail(kind, path, f"must be true or false, got {_short(value)}")
         return value
 
 
@@ -374,6 +386,7 @@ class _Elided:
 
 ELIDED = _Elided()
 Codec = Annotated[str, _Choice(*CODECS), ELIDED]
+OptionalId = Annotated[str | None, _Text(128, min_chars=1, optional=True), ELIDED]
 Scales = Annotated[torch.Tensor | None, _Tensor(torch.float32, ndim=(1, 4), optional=True), ELIDED]
 
 _PROFILE = _Object(HardwareProfile, {
@@ -654,6 +667,16 @@ class Forward(Message):
     ``codec`` (:mod:`core.protocol.codec`) is the link's activation codec: hidden states
     in ``x`` (with int8 ``scales``) travel in it, and so does the answer's hidden state;
     a last stage answers with logits in ``logits_codec``.
+
+    Direct links (:mod:`app.peers`): with ``from_node`` set, ``x`` is empty and the input
+    comes from that volunteer as a :class:`Handoff` naming this ``step_id`` (or from the
+    coordinator as a :class:`Feed`, when the hand-off could not be made). With
+    ``next_node`` set, the answer's hidden state is also handed to that volunteer, for
+    its step ``next_step``, before the Result goes back.
+
+    ``logits_top`` > 0 asks a last stage for only that many largest logits per row
+    (:mod:`core.protocol.top_logits`): the Result's ``y`` holds the values and ``indices``
+    their token ids.
     """
 
     KIND: ClassVar[str] = "forward"
@@ -665,9 +688,22 @@ class Forward(Message):
     codec: Codec = "model"
     scales: Scales = None
     logits_codec: Codec = "model"
+    from_node: OptionalId = None
+    next_node: OptionalId = None
+    next_step: Annotated[int, _Int(), ELIDED] = 0
+    logits_top: Annotated[int, _Int(0, MAX_LOGITS_TOP), ELIDED] = 0
 
     def _check(self) -> None:
+        if self.from_node is not None:
+            if self.x.numel() != 0 or self.scales is not None:
+                _fail(self.KIND, "x", "must be empty when the input comes from from_node")
+            return
         _check_activation(self.KIND, "x", self.codec, self.x, self.scales)
+
+    @property
+    def awaits_input(self) -> bool:
+        """Whether ``x`` is a placeholder: the input arrives as a :class:`Handoff` from ``from_node`` or a :class:`Feed`."""
+        return self.from_node is not None
 
 
 @_message
@@ -676,7 +712,9 @@ class Result(Message):
     """Volunteer -> coordinator: the output of one step and the compute time it took.
 
     ``y`` travels in ``codec`` (with int8 ``scales``). ``batch`` is how many steps ran as
-    one forward with this one; ``compute_s`` is then the whole batch's time.
+    one forward with this one; ``compute_s`` is then the whole batch's time. ``handed_off``:
+    ``y`` also went straight to the next stage (the Forward's ``next_node``). ``indices``:
+    ``y`` holds only the top logits the Forward asked for, and these are their token ids.
     """
 
     KIND: ClassVar[str] = "result"
@@ -687,9 +725,72 @@ class Result(Message):
     codec: Codec = "model"
     scales: Scales = None
     batch: Annotated[int, _Int(1, 2**16), ELIDED] = 1
+    handed_off: Annotated[bool, _Flag(), ELIDED] = False
+    indices: Annotated[torch.Tensor | None, _Tensor(torch.int32, ndim=(2, 2), optional=True), ELIDED] = None
 
     def _check(self) -> None:
         _check_activation(self.KIND, "y", self.codec, self.y, self.scales)
+        if self.indices is not None and tuple(self.indices.shape) != tuple(self.y.shape):
+            _fail(self.KIND, "indices", f"has shape {list(self.indices.shape)}; y has {list(self.y.shape)}")
+
+
+@_message
+@dataclass(frozen=True, slots=True)
+class Feed(Message):
+    """Coordinator -> volunteer: the input of outstanding step ``step_id``, whose Forward named a
+    ``from_node`` that could not hand it over (the relay fallback of a direct link)."""
+
+    KIND: ClassVar[str] = "feed"
+    step_id: Count
+    x: Activation
+    codec: Codec = "model"
+    scales: Scales = None
+
+    def _check(self) -> None:
+        _check_activation(self.KIND, "x", self.codec, self.x, self.scales)
+
+
+# --- direct links between volunteers ---------------------------------------------------
+
+
+@_message
+@dataclass(frozen=True, slots=True)
+class PeerChallenge(Message):
+    """Listening volunteer -> dialing volunteer, first on a direct link: who I am and a fresh nonce."""
+
+    KIND: ClassVar[str] = "peer_challenge"
+    node_public_key: Key
+    nonce: Nonce
+
+
+@_message
+@dataclass(frozen=True, slots=True)
+class PeerAuth(Message):
+    """Dialing volunteer -> listening volunteer: my key and my signature over your nonce
+    (:func:`core.identity.peer_transcript`)."""
+
+    KIND: ClassVar[str] = "peer_auth"
+    node_public_key: Key
+    signature: Signature
+
+
+@_message
+@dataclass(frozen=True, slots=True)
+class Handoff(Message):
+    """Dialing volunteer -> listening volunteer: a stage's output, the input of the listener's
+    step ``step_id`` (the id the coordinator gave that step). It is used only if that step's
+    Forward names the dialer as ``from_node`` and agrees on session and position."""
+
+    KIND: ClassVar[str] = "handoff"
+    step_id: Count
+    session_id: Id
+    start_pos: Annotated[int, _Int(0, 2**31)]
+    x: Activation
+    codec: Codec = "model"
+    scales: Scales = None
+
+    def _check(self) -> None:
+        _check_activation(self.KIND, "x", self.codec, self.x, self.scales)
 
 
 def _check_activation(kind: str, path: str, codec: str, data: torch.Tensor, scales: torch.Tensor | None) -> None:
@@ -852,13 +953,17 @@ __all__ = [
     "Drain",
     "EndSession",
     "Error",
+    "Feed",
     "FetchTensor",
     "Forward",
+    "Handoff",
     "Heartbeat",
     "HeartbeatAck",
     "Hello",
     "LoadProgress",
     "Message",
+    "PeerAuth",
+    "PeerChallenge",
     "Ready",
     "Result",
     "SetSlowdown",

@@ -34,6 +34,7 @@ from core.protocol.messages import (
     Drain,
     EndSession,
     Error,
+    Feed,
     FetchTensor,
     Forward,
     Heartbeat,
@@ -101,11 +102,12 @@ _C, _V = Role.COORDINATOR, Role.VOLUNTEER
 _SENDER: dict[type[Message], Role | None] = {
     Hello: _V, Challenge: _C, Auth: _V, Accepted: _C,
     Assign: _C, Unassign: _C, FetchTensor: _V, TensorChunk: _C, LoadProgress: _V, Ready: _V,
-    Forward: _C, Result: _V, EndSession: _C, SetSlowdown: _C,
+    Forward: _C, Result: _V, Feed: _C, EndSession: _C, SetSlowdown: _C,
     ModelInfo: _C, ProfileUpdate: _V, LinkProbe: _C, LinkProbeAck: _V,
     Heartbeat: None, HeartbeatAck: None, Drain: None, Error: None, Bye: None,
 }
-"""Who may send each message (None: either side)."""
+"""Who may send each message (None: either side). Kinds not listed (the direct-link messages
+between volunteers, :mod:`core.protocol.peer`) are never legal on this connection."""
 
 _HANDSHAKE: dict[type[Message], tuple[State, State]] = {
     Hello: (State.AWAIT_HELLO, State.AWAIT_CHALLENGE),
@@ -141,6 +143,8 @@ class ProtocolConnection:
         self._ready: set[str] = set()  # active and loaded
         self._fetches: dict[tuple[str, str, int], int] = {}  # (assignment, tensor, offset) -> length asked
         self._steps: dict[int, str] = {}  # outstanding Forward step -> its session
+        self._unfed: set[int] = set()  # outstanding steps whose input comes from a peer, not yet fed
+        self._answered_unfed: dict[int, None] = {}  # recently answered such steps: a late Feed may still come
         self._coordinator_drained = False
         self._volunteer_drained = False
 
@@ -203,6 +207,8 @@ class ProtocolConnection:
     def _apply(self, msg: Message, *, sender: Role) -> None:
         """Check ``msg`` from ``sender`` against the state; update the state if legal."""
         kind = msg.KIND
+        if type(msg) not in _SENDER:
+            self._illegal(f"{kind} belongs to direct links between volunteers, not to this connection")
         allowed_sender = _SENDER[type(msg)]
         if allowed_sender is not None and allowed_sender is not sender:
             self._illegal(f"a {sender.value} never sends {kind}; only the {allowed_sender.value} does")
@@ -286,6 +292,15 @@ class ProtocolConnection:
             if len(self._steps) >= MAX_OUTSTANDING_STEPS:
                 self._illegal(f"more than {MAX_OUTSTANDING_STEPS} outstanding forward steps")
             self._steps[msg.step_id] = msg.session_id
+            if msg.awaits_input:
+                self._unfed.add(msg.step_id)
+        elif isinstance(msg, Feed):
+            # The coordinator may feed a step the volunteer already answered from a peer's
+            # hand-off: the answer was on its way. The volunteer tolerates that; nothing else.
+            late = self.role is Role.VOLUNTEER and msg.step_id in self._answered_unfed
+            if msg.step_id not in self._unfed and not late:
+                self._illegal(f"feed names step {msg.step_id}, which is not waiting for a peer's input")
+            self._unfed.discard(msg.step_id)
         elif isinstance(msg, Result):
             self._answer_step(kind, msg.step_id, msg.session_id)
         elif isinstance(msg, Error):  # answers one step; fatal errors were handled before
@@ -314,6 +329,11 @@ class ProtocolConnection:
         if session_id is not None and session_id != expected:
             self._illegal(f"{kind} for step {step_id} names session {session_id!r}, the step was for {expected!r}")
         del self._steps[step_id]  # type: ignore[arg-type]
+        if step_id in self._unfed:
+            self._unfed.discard(step_id)  # type: ignore[arg-type]
+            self._answered_unfed[step_id] = None  # type: ignore[index]
+            if len(self._answered_unfed) > MAX_OUTSTANDING_STEPS:
+                del self._answered_unfed[next(iter(self._answered_unfed))]
 
     def _settle(self) -> None:
         if self._coordinator_drained or self._volunteer_drained:

@@ -9,5 +9,6 @@ from __future__ import annotations
 
 from typing import Final
 
-PROTOCOL_VERSION: Final = 2
-"""2: signed assignments, activation codecs and batched results; TLS bound to the pool key."""
+PROTOCOL_VERSION: Final = 3
+"""3: direct links between volunteers (hand-offs, feeds) and top-logits answers.
+2: signed assignments, activation codecs and batched results; TLS bound to the pool key."""

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
 
-from app.volunteer import Volunteer, VolunteerConfig, _LoadedShard
+from app.volunteer import Volunteer, VolunteerConfig, _Answer, _LoadedShard
 from core.errors import ProtocolViolation, ShardLoadFailed
 from core.model.shard import Shard
 from core.model.weights import shard_tensor_names
-from core.protocol.codec import EncodedTensor, decode, encode
+from core.protocol.codec import decode, encode
 from core.protocol.messages import Forward
 from core.types import HardwareProfile, LayerRange, NodeId
 
@@ -67,8 +68,8 @@ def test_a_batch_of_decode_steps_equals_each_step_alone(volunteer: Volunteer, tm
     prefill(solo, sessions)
     for step, outcome in zip(steps, outcomes, strict=True):
         (alone,), one, _ = solo._run([step])
-        assert one == 1 and isinstance(outcome, EncodedTensor) and isinstance(alone, EncodedTensor)
-        torch.testing.assert_close(decode(outcome), decode(alone), rtol=1e-5, atol=1e-5)
+        assert one == 1 and isinstance(outcome, _Answer) and isinstance(alone, _Answer)
+        torch.testing.assert_close(decode(outcome.out), decode(alone.out), rtol=1e-5, atol=1e-5)
     assert all(c.length == PROMPT + 1 for c in volunteer.shards["mid"].caches.values())
 
 
@@ -78,7 +79,7 @@ def test_a_step_that_cannot_start_fails_alone(volunteer: Volunteer) -> None:
     outcomes, together, _ = volunteer._run(steps)
     assert together == 2
     assert isinstance(outcomes[1], ProtocolViolation) and "only 5 tokens are cached" in outcomes[1].message
-    assert isinstance(outcomes[0], EncodedTensor) and isinstance(outcomes[2], EncodedTensor)
+    assert isinstance(outcomes[0], _Answer) and isinstance(outcomes[2], _Answer)
     caches = volunteer.shards["mid"].caches
     assert (caches["a"].length, caches["b"].length, caches["c"].length) == (PROMPT + 1, PROMPT, PROMPT + 1)
 
@@ -92,7 +93,7 @@ def test_non_finite_output_is_refused_and_forgotten(volunteer: Volunteer, tiny_m
     steps = [forward("a", 0, torch.full((1, 96), 1e-30), assignment="bad"), forward("b", 0, hidden(1, 1), assignment="bad")]
     outcomes, together, _ = volunteer._run(steps)
     assert together == 2
-    assert isinstance(outcomes[0], EncodedTensor) and bool(torch.isfinite(outcomes[0].data).all())
+    assert isinstance(outcomes[0], _Answer) and bool(torch.isfinite(outcomes[0].out.data).all())
     assert isinstance(outcomes[1], ShardLoadFailed) and "non-finite" in outcomes[1].message
     caches = volunteer.shards["bad"].caches
     assert (caches["a"].length, caches["b"].length) == (1, 0)
@@ -102,10 +103,23 @@ def test_answers_travel_in_the_step_codec_and_logits_in_theirs(volunteer: Volunt
     prefill(volunteer, ["a"])
     prefill(volunteer, ["a"], assignment="last")
     (mid,), _, _ = volunteer._run([forward("a", PROMPT, hidden(1, 7), codec="int8")])
-    assert isinstance(mid, EncodedTensor) and mid.codec == "int8" and mid.scales is not None
+    assert isinstance(mid, _Answer) and mid.out.codec == "int8" and mid.out.scales is not None
     (last,), _, _ = volunteer._run([forward("a", PROMPT, hidden(1, 7), assignment="last", codec="int8",
                                             logits_codec="float16")])
-    assert isinstance(last, EncodedTensor) and last.codec == "float16" and last.data.shape == (1, 320)
+    assert isinstance(last, _Answer) and last.out.codec == "float16" and last.out.data.shape == (1, 320)
+    assert last.indices is None
+
+
+def test_a_last_stage_asked_for_its_top_logits_sends_those_and_their_ids(volunteer: Volunteer) -> None:
+    prefill(volunteer, ["a"], assignment="last")
+    x = hidden(1, 7)
+    (full,), _, _ = volunteer._run([forward("a", PROMPT, x, assignment="last")])
+    (top,), _, _ = volunteer._run([dataclasses.replace(forward("a", PROMPT, x, assignment="last"), logits_top=8)])
+    assert isinstance(full, _Answer) and isinstance(top, _Answer) and top.indices is not None
+    assert top.out.data.shape == top.indices.shape == (1, 8) and top.indices.dtype == torch.int32
+    expected = decode(full.out).topk(8)
+    torch.testing.assert_close(decode(top.out), expected.values)
+    assert torch.equal(top.indices.long(), expected.indices)
 
 
 @pytest.mark.parametrize(

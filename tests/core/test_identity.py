@@ -25,6 +25,7 @@ from core.identity import (
     fingerprint,
     invite_link,
     parse_invite,
+    peer_transcript,
     verify_invite,
     verify_signature,
 )
@@ -293,3 +294,29 @@ def test_random_text_only_ever_raises_auth_failed(text: str) -> None:
 def test_create_invite_refuses_bad_settings(overrides: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         invite(**overrides)
+
+
+# --- direct links between volunteers --------------------------------------------------
+
+
+def test_peer_transcripts_bind_pool_listener_dialer_and_nonce() -> None:
+    dialer, listener = Identity.generate(), Identity.generate()
+    base = {"pool_id": POOL.fingerprint, "listener_id": listener.fingerprint,
+            "dialer_public_key": dialer.public_key, "nonce": b"\x01" * 32}
+    transcript = peer_transcript(**base)
+    signature = dialer.sign(transcript)
+    assert verify_signature(dialer.public_key, signature, peer_transcript(**base))
+    for change in ({"pool_id": OTHER.fingerprint}, {"listener_id": OTHER.fingerprint},
+                   {"dialer_public_key": OTHER.public_key}, {"nonce": b"\x02" * 32}):
+        assert not verify_signature(dialer.public_key, signature, peer_transcript(**{**base, **change}))
+    # Length prefixes: moving characters between the pool id and the listener id changes the bytes.
+    assert peer_transcript(**{**base, "pool_id": "ab", "listener_id": "c"}) != peer_transcript(
+        **{**base, "pool_id": "a", "listener_id": "bc"})
+    # Never the same bytes as a coordinator handshake over the same key and nonce.
+    node_t = auth_transcript(role="node", pool_id=POOL.fingerprint, node_public_key=dialer.public_key,
+                             nonce=b"\x01" * 32)
+    assert transcript != node_t and not verify_signature(dialer.public_key, signature, node_t)
+    with pytest.raises(ValueError, match="nonce"):
+        peer_transcript(**{**base, "nonce": b"short"})
+    with pytest.raises(ValueError, match="dialer key"):
+        peer_transcript(**{**base, "dialer_public_key": b"\x00" * 31})

@@ -201,3 +201,20 @@ async def test_a_closed_verifier_ignores_housekeeping(tiny_model) -> None:  # no
     verifier.close()
     verifier.end_session("s")  # sessions ending while the coordinator stops must not raise
     verifier.warm([layers(tiny_model, 0)])
+
+
+def test_top_logits_are_compared_at_their_ids_and_against_the_true_top() -> None:
+    from core.protocol.top_logits import densify, top_logits
+    from server.validation import tolerance_for
+    from server.verifier import compare_output
+
+    tol = tolerance_for("float32", "cpu")
+    expected = torch.randn(1, 500, generator=torch.Generator().manual_seed(3)) * 5
+    values, ids = top_logits(expected, 16)
+    assert compare_output(expected, densify(values, ids, 500), tol).agree
+    assert compare_output(expected, expected.clone(), tol).agree  # full logits: the plain comparison
+    scaled = densify(values * 1.05, ids, 500)  # wrong values at the right ids
+    assert not compare_output(expected, scaled, tol).agree
+    order = expected.argsort(descending=True)
+    skipped = order[:, 1:17].to(torch.int32)  # the true top token left out, the 17th put in its place
+    assert not compare_output(expected, densify(expected.gather(-1, skipped.long()), skipped, 500), tol).agree

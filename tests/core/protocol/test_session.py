@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.errors import AuthFailed, ProtocolViolation
-from core.protocol.frames import Limits
+from core.protocol.frames import PROTOCOL_VERSION, Limits
 from core.protocol.messages import (
     Accepted,
     Auth,
@@ -251,7 +251,7 @@ def test_a_chunk_larger_than_asked_is_refused() -> None:
 
 def test_a_hello_of_another_protocol_version_closes_with_its_own_code() -> None:
     conn = fresh(C)
-    with pytest.raises(ProtocolViolation, match="volunteer speaks protocol 9, this side speaks 2"):
+    with pytest.raises(ProtocolViolation, match=f"volunteer speaks protocol 9, this side speaks {PROTOCOL_VERSION}"):
         conn.receive(hello(protocol_version=9).to_frame())
     assert conn.state is State.CLOSED and conn.close_code == 4001
 
@@ -397,3 +397,64 @@ def test_every_sample_message_is_legal_somewhere() -> None:
                     continue
                 accepted.add(msg.KIND)
     assert accepted >= {"hello", "assign", "forward", "ready", "heartbeat", "drain", "bye", "error"}
+
+
+# --- direct links: steps whose input comes from another volunteer -----------------------
+
+
+def awaiting_forward(step_id: int = 5) -> Message:
+    from core.protocol.messages import Forward
+
+    return Forward(step_id=step_id, session_id="s1", assignment_id="a1", start_pos=3, x=torch.empty(0),
+                   from_node="bf1upstream", next_node="bf1downstream", next_step=11)
+
+
+def test_a_feed_supplies_the_input_of_a_step_that_awaits_a_peer() -> None:
+    from core.protocol.messages import Feed, Result
+
+    pair = serving()
+    pair.send(pair.c, awaiting_forward(5))
+    pair.send(pair.c, Feed(step_id=5, x=torch.randn(1, 576)))
+    with pytest.raises(ProtocolViolation, match="not waiting for a peer's input"):  # fed once only
+        pair.c.send(Feed(step_id=5, x=torch.randn(1, 576)))
+    pair.send(pair.v, Result(step_id=5, session_id="s1", compute_s=0.01, y=torch.randn(1, 576), handed_off=True))
+    assert pair.states() == (State.SERVING, State.SERVING)
+
+
+def test_a_feed_for_a_step_with_its_input_in_the_forward_is_a_violation() -> None:
+    from core.protocol.messages import Feed
+
+    pair = serving()
+    pair.send(pair.c, forward(7))
+    with pytest.raises(ProtocolViolation, match="not waiting for a peer's input"):
+        pair.c.send(Feed(step_id=7, x=torch.randn(1, 576)))
+    refused(serving_end(V), Feed(step_id=7, x=torch.randn(1, 576)), "not waiting for a peer's input")
+
+
+def test_a_feed_crossing_the_answer_of_a_handed_off_step_is_tolerated_by_the_volunteer() -> None:
+    from core.protocol.messages import Feed, Result
+
+    pair = serving()
+    pair.send(pair.c, awaiting_forward(5))
+    pair.c.send(Feed(step_id=5, x=torch.randn(1, 576)))  # in flight ...
+    in_flight = pair.c.data_to_send()
+    pair.send(pair.v, Result(step_id=5, session_id="s1", compute_s=0.01, y=torch.randn(1, 576)))  # ... as the answer leaves
+    pair.v.receive(in_flight[0])
+    assert [m.KIND for m in pair.v.events()] == ["feed"] and pair.v.state is State.SERVING
+
+
+def test_messages_of_direct_links_are_never_legal_between_coordinator_and_volunteer() -> None:
+    from core.protocol.messages import Handoff, PeerAuth, PeerChallenge
+
+    for msg in (PeerChallenge(node_public_key=b"\x01" * 32, nonce=b"\x02" * 32),
+                PeerAuth(node_public_key=b"\x01" * 32, signature=b"\x03" * 64),
+                Handoff(step_id=1, session_id="s1", start_pos=0, x=torch.randn(1, 576))):
+        for role in (C, V):
+            refused(serving_end(role), msg, "belongs to direct links")
+
+
+def test_a_forward_awaiting_a_peer_carries_no_input() -> None:
+    from core.protocol.messages import Forward
+
+    with pytest.raises(ProtocolViolation, match="must be empty"):
+        Forward(step_id=1, session_id="s1", assignment_id="a1", start_pos=0, x=torch.randn(1, 576), from_node="bf1up")
