@@ -128,6 +128,7 @@
         <div><dt>Layers</dt><dd data-k="layers"></dd></div>
         <div><dt>Steps</dt><dd data-k="steps"></dd></div>
         <div><dt>Per layer</dt><dd data-k="perlayer"></dd></div>
+        <div title="Steps whose output this volunteer handed straight to the next stage's volunteer (the rest the coordinator relayed)"><dt>Direct</dt><dd data-k="handoff"></dd></div>
       </dl>
       <div class="util"><span>busy</span><div class="util-track"><div class="util-fill"></div></div><span class="util-pct"></span></div>`;
     return card;
@@ -171,6 +172,8 @@
       set("steps", fmt.int(vol.steps));
       const perLayer = vol.observed_seconds_per_layer || vol.seconds_per_layer;
       set("perlayer", perLayer ? fmt.ms(perLayer * 1000) : "–");
+      const last = vol.layers.some((r) => r[1] === v.model.layers);
+      set("handoff", last ? "to pool" : vol.steps ? Math.round((100 * (vol.handed_off_steps || 0)) / vol.steps) + "%" : "–");
       const pct = Math.round(100 * Math.min(1, Math.max(0, vol.utilisation || 0)));
       q(".util-fill").style.width = pct + "%";
       q(".util-pct").textContent = pct + "%";

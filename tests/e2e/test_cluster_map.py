@@ -116,6 +116,8 @@ async def test_the_band_matches_the_plan_and_nodes_show_their_machines(pool: Liv
     assert await page.text_content("#stat-volunteers") == "2"
     assert await page.text_content("#model-name") == f"{pool.coordinator.model.manifest.name} · {layers} layers"  # type: ignore[attr-defined]
     assert "cpu" in (await page.text_content(".node .node-sub") or "")
+    handoffs = await page.eval_on_selector_all("[data-k='handoff']", "dds => dds.map(d => d.textContent)")
+    assert len(handoffs) == 2 and "to pool" in handoffs  # the last stage answers the coordinator itself
     assert await page.locator("#events li[data-kind='join']").count() == 2
 
 
