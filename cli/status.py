@@ -72,7 +72,8 @@ def render_status(view: Mapping[str, Any], *, local_time: bool = True) -> str:
         "",
     ]
     if volunteers:
-        rows = [("VOLUNTEER", "DEVICE", "OS", "MEMORY", "RTT", "LAYERS", "STEPS", "STEP", "BUSY", "TRUST", "STATE")]
+        rows = [("VOLUNTEER", "DEVICE", "OS", "MEMORY", "RTT", "LAYERS", "STEPS", "DIRECT", "STEP", "BUSY", "TRUST", "STATE")]
+        layers = model.get("layers")
         for v in volunteers:
             rows.append(
                 (
@@ -83,6 +84,7 @@ def render_status(view: Mapping[str, Any], *, local_time: bool = True) -> str:
                     _ms(v.get("rtt_ms")),
                     _ranges(v.get("layers") or []),
                     str(v.get("steps", 0)),
+                    _direct(v, layers),
                     _ms(v.get("step_ms")),
                     f"{round(float(v.get('utilisation') or 0.0) * 100)}%",
                     _trust(v),
@@ -117,6 +119,14 @@ def _table(rows: Sequence[Sequence[str]]) -> list[str]:
 
 def _s(n: int) -> str:
     return "" if n == 1 else "s"
+
+
+def _direct(volunteer: Mapping[str, Any], layers: object) -> str:
+    """The share of steps handed straight to the next stage; "pool" for a last stage, which answers the coordinator."""
+    if any(r[1] == layers for r in volunteer.get("layers") or []):
+        return "pool"
+    steps = int(volunteer.get("steps") or 0)
+    return f"{round(100 * int(volunteer.get('handed_off_steps') or 0) / steps)}%" if steps else "–"
 
 
 def _trust(volunteer: Mapping[str, Any]) -> str:

@@ -18,7 +18,7 @@ VIEW = {
     "last_error": None,
     "volunteers": [
         {"node_id": "n1", "name": "laptop", "device": "cpu", "os": "Linux", "memory_bytes": 8 * 2**30, "rtt_ms": 0.42,
-         "steps": 120, "step_ms": 11.5, "utilisation": 0.34, "layers": [[0, 15]], "draining": False},
+         "steps": 120, "handed_off_steps": 90, "step_ms": 11.5, "utilisation": 0.34, "layers": [[0, 15]], "draining": False},
         {"node_id": "n2", "name": "desktop-with-a-long-name", "device": "cuda", "os": "Windows", "memory_bytes": 16 * 2**30,
          "rtt_ms": 3.25, "steps": 120, "step_ms": 150.0, "utilisation": 0.9, "layers": [[15, 30]], "draining": True},
         {"node_id": "n3", "name": "spare", "device": "mps", "os": "macOS", "memory_bytes": 4 * 2**30, "rtt_ms": None,
@@ -46,6 +46,8 @@ def test_render_status_is_a_readable_table() -> None:
     assert rows[0][col:].startswith("[0, 15)") and rows[1][col:].startswith("[15, 30)") and rows[2][col:].startswith("–")
     assert "0.4 ms" in rows[0] and "34%" in rows[0] and "serving" in rows[0] and "8.0 GiB" in rows[0]
     assert "150 ms" in rows[1] and "draining" in rows[1]
+    direct = header.index("DIRECT")
+    assert rows[0][direct:].startswith("75%") and rows[1][direct:].startswith("pool") and rows[2][direct:].startswith("–")
     assert rows[2].rstrip().endswith("idle")
     assert "  0: laptop [0, 15) → desktop-with-a-long-name [15, 30)" in lines
     events = lines[lines.index("RECENT EVENTS") + 1 :]
