@@ -4,15 +4,21 @@ Each scenario of :data:`scripts.wan.scenarios.SCENARIOS` gets fresh hosts: netwo
 namespaces on one bridge (:mod:`scripts.wan.netns`), the coordinator in one, a volunteer in
 each of the others. The volunteers find the pool by real mDNS across the bridge and join
 over real (TLS) websockets, each through a delaying TCP proxy on its host
-(:mod:`scripts.wan.delay_proxy`) that adds the scenario's round trip; ``tbf`` shapes every
-host's link to the scenario's rate in both directions. The lossy scenario emulates the
-effect of 1 % segment loss on TCP (a lost segment's chunk is held for the time TCP would
-take to recover it), since ``netem`` and ``iptables`` are not available.
+(:mod:`scripts.wan.delay_proxy`) that adds the scenario's round trip. Each volunteer also
+listens for direct links from the others behind a second delaying proxy with the same
+shape, whose port it advertises over mDNS, so every one-way leg (coordinator to volunteer,
+volunteer to volunteer) crosses one proxy. ``tbf`` shapes every host's link to the
+scenario's rate in both directions. The lossy scenario emulates the effect of 1 % segment
+loss on TCP (a lost segment's chunk is held for the time TCP would take to recover it),
+since ``netem`` and ``iptables`` are not available.
 
-The first scenario (no added latency, no shaping) measures the time one token needs
-without the network; each scenario's lower bound is that compute time plus the round
-trips its path needs per token (one per stage: today every stage is a round trip through
-the coordinator), and a tighter bound adds the token's wire bytes at the link rate.
+Within a scenario the timed answers alternate between direct links (each stage hands its
+output to the next) and relay (every stage through the coordinator), on the same pool;
+each direct answer's hand-offs are counted and all answers' tokens compared. The first
+scenario (no added latency, no shaping) measures the time one token needs without the
+network; each scenario's lower bounds are that compute time plus the one-way legs each
+way needs per token at half the added round trip (relay: 2 per stage; direct: stages + 1),
+and tighter bounds add the token's wire bytes on its path at the link rate.
 Needs root. Cleans up namespaces and processes on exit. Writes ``docs/benchmarks/wan.json``.
 
     sudo python scripts/bench_wan.py [--volunteers 3] [--tokens 32] [--rounds 3] [--scenarios baseline,...]
@@ -38,9 +44,21 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from scripts.wan.netns import Layout, Network, in_namespace, plan_hosts  # noqa: E402
-from scripts.wan.scenarios import SCENARIOS, Scenario, efficiency, legs_per_token, lower_bound_step_s  # noqa: E402
+from scripts.wan.scenarios import (  # noqa: E402
+    LINKS,
+    SCENARIOS,
+    Scenario,
+    critical_bytes_per_token,
+    efficiency,
+    lower_bound_step_s,
+    one_way_legs,
+)
 
 STOP_TIMEOUT_S = 25.0
+PEER_PORT = 9101
+"""Where each volunteer listens for direct links (on its bridge address)."""
+PEER_PROXY_PORT = 9100
+"""Where the delaying proxy in front of that listener listens: the port volunteers advertise."""
 
 
 class Events:
@@ -102,8 +120,6 @@ def stop(procs: list[subprocess.Popen[str]]) -> None:
 
 def run_scenario(scenario: Scenario, args: argparse.Namespace, tag: int, logs: Path) -> dict[str, object]:
     """Build the hosts, run one pool through the scenario's links, tear everything down; the coordinator's result."""
-    if scenario.links != "relay":
-        raise SystemExit(f"scenario {scenario.name}: the pool relays every stage through the coordinator today")
     layout: Layout = plan_hosts(tag, args.volunteers + 1)
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", OMP_WAIT_POLICY="PASSIVE")
     procs: list[subprocess.Popen[str]] = []
@@ -116,6 +132,7 @@ def run_scenario(scenario: Scenario, args: argparse.Namespace, tag: int, logs: P
                     sys.executable, "-m", "scripts.wan.coordinator_host", "--address", coordinator_host.address,
                     "--volunteers", str(args.volunteers), "--tokens", str(args.tokens), "--rounds", str(args.rounds),
                     "--model", args.model, "--data-dir", str(work / "coordinator"), "--ready-timeout", str(args.ready_timeout),
+                    "--direct-warmups", str(args.direct_warmups),
                 ]),
                 cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=open(logs / f"{scenario.name}-coordinator.log", "w"),  # noqa: SIM115
                 text=True, start_new_session=True,
@@ -131,7 +148,7 @@ def run_scenario(scenario: Scenario, args: argparse.Namespace, tag: int, logs: P
                         "--pool-id", str(listening["pool_id"]), "--name", f"v{i + 1}", "--data-dir", str(work / f"v{i + 1}"),
                         "--threads", str(args.threads), "--memory-bytes", str(caps[i]),
                         "--delay-ms", str(scenario.rtt_ms / 2), "--loss", str(scenario.loss), "--rto-ms", str(scenario.rto_ms),
-                        "--seed", str(args.seed + i),
+                        "--seed", str(args.seed + i), "--peer-port", str(PEER_PORT), "--peer-proxy-port", str(PEER_PROXY_PORT),
                     ]),
                     cwd=ROOT, env=env, stdout=open(logs / f"{scenario.name}-v{i + 1}.log", "w"),  # noqa: SIM115
                     stderr=subprocess.STDOUT, text=True, start_new_session=True,
@@ -145,18 +162,23 @@ def run_scenario(scenario: Scenario, args: argparse.Namespace, tag: int, logs: P
     return result
 
 
-def summarize(result: dict[str, object]) -> dict[str, object]:
-    runs = result["runs"]  # type: ignore[assignment]
-    rates = [float(r["decode_tokens_per_s"]) for r in runs]  # type: ignore[index, union-attr]
-    ttfts = [float(r["ttft_s"]) for r in runs]  # type: ignore[index, union-attr]
+def summarize(result: dict[str, object], links: str) -> dict[str, object]:
+    """The median speed and time to first token of the timed answers over ``links``, and their hand-offs."""
+    runs = [r for r in result["runs"] if r["links"] == links]  # type: ignore[union-attr, index]
+    rates = [float(r["decode_tokens_per_s"]) for r in runs]
+    wire = result["wire_bytes_per_token"][links]  # type: ignore[index]
     return {
         "decode_tokens_per_s": statistics.median(rates),
         "decode_tokens_per_s_rounds": rates,
-        "ttft_s": statistics.median(ttfts),
-        "wire_bytes_per_token": result["wire_bytes_per_token"],
-        "split": result["split"],
-        "link_rtt_ms": result["link_rtt_ms"],
-        "volunteer_compute_ms_per_step": result["volunteer_compute_ms_per_step"],
+        "ttft_s": statistics.median(float(r["ttft_s"]) for r in runs),
+        "handed_off_steps": [r["handed_off_steps"] for r in runs],
+        "steps": [r["steps"] for r in runs],
+        # direct: every stage but the last handed every step on; relay: none did
+        "handed_off_as_expected": all(
+            r["fully_handed_off"] if links == "direct" else r["handed_off_steps"] == 0 for r in runs
+        ),
+        "coordinator_wire_bytes_per_token": sum(wire["sent"]) + sum(wire["received"]),
+        "critical_wire_bytes_per_token": critical_bytes_per_token(wire["sent"], wire["received"], links),
     }
 
 
@@ -172,6 +194,8 @@ def main() -> None:
                         help="comma-separated names from the scenario table; the first must add no latency")
     parser.add_argument("--ready-timeout", type=float, default=300.0, help="seconds for a pool to load over the links")
     parser.add_argument("--run-timeout", type=float, default=600.0, help="seconds for the timed rounds of one scenario")
+    parser.add_argument("--direct-warmups", type=int, default=6,
+                        help="direct answers tried before timing until every stage hands off (volunteers dial each other)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "wan.json")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -190,36 +214,54 @@ def main() -> None:
     tag = os.getpid() % 10000
     logs = Path(tempfile.mkdtemp(prefix="butterfly-wan-logs-"))
     print(f"logs in {logs}", flush=True)
-    measured: list[dict[str, object]] = []
+    measured: list[tuple[Scenario, dict[str, object]]] = []
     for scenario in chosen:
         print(f"scenario {scenario.name}: rtt +{scenario.rtt_ms} ms, loss {scenario.loss}, rate {scenario.rate_mbit} Mbit/s",
               flush=True)
-        summary = summarize(run_scenario(scenario, args, tag, logs))
-        measured.append({"scenario": scenario, **summary})
-        print(f"  [{scenario.name}] {summary['decode_tokens_per_s']:.2f} tok/s "
-              f"(rounds {[round(r, 2) for r in summary['decode_tokens_per_s_rounds']]})", flush=True)
-    compute_s = 1.0 / float(measured[0]["decode_tokens_per_s"])
+        result = run_scenario(scenario, args, tag, logs)
+        measured.append((scenario, result))
+        for links in LINKS:
+            rates = [round(float(r["decode_tokens_per_s"]), 2) for r in result["runs"] if r["links"] == links]  # type: ignore[union-attr, index]
+            print(f"  [{scenario.name}] {links}: {statistics.median(rates):.2f} tok/s (rounds {rates})", flush=True)
+        print(f"  [{scenario.name}] tokens identical: {result['tokens_identical']}", flush=True)
+    # The compute time: the fastest answer of the no-latency scenario, either way, so that the
+    # bounds stay below the measurements when other work on the machine slows some answers.
+    compute_s = 1.0 / max(float(r["decode_tokens_per_s"]) for r in measured[0][1]["runs"])  # type: ignore[union-attr, index]
     stages = args.volunteers
     rows = []
-    for m in measured:
-        scenario: Scenario = m.pop("scenario")  # type: ignore[assignment]
-        bound = lower_bound_step_s(compute_s, stages, scenario)
-        bound_bytes = lower_bound_step_s(compute_s, stages, scenario, wire_bytes_per_token=float(m["wire_bytes_per_token"]))
-        rows.append({
+    for scenario, result in measured:
+        row: dict[str, object] = {
             "scenario": scenario.name,
             "rtt_ms_added": scenario.rtt_ms,
             "loss": scenario.loss,
             "rate_mbit": scenario.rate_mbit,
-            "links": scenario.links,
-            **m,
-            "lower_bound_step_ms": bound * 1000,
-            "lower_bound_tokens_per_s": 1 / bound,
-            "measured_vs_bound": efficiency(float(m["decode_tokens_per_s"]), bound),
-            "lower_bound_with_bytes_step_ms": bound_bytes * 1000,
-            "measured_vs_bound_with_bytes": efficiency(float(m["decode_tokens_per_s"]), bound_bytes),
-        })
+            "split": result["split"],
+            "link_rtt_ms": result["link_rtt_ms"],
+            "volunteer_compute_ms_per_step": result["volunteer_compute_ms_per_step"],
+            "direct_warmup_answers": result["direct_warmup_answers"],
+            "tokens_identical": result["tokens_identical"],
+            "wire_bytes_per_token": result["wire_bytes_per_token"],
+        }
+        for links in LINKS:
+            m = summarize(result, links)
+            bound = lower_bound_step_s(compute_s, stages, scenario, links)
+            bound_bytes = lower_bound_step_s(compute_s, stages, scenario, links,
+                                             wire_bytes_per_token=float(m["critical_wire_bytes_per_token"]))
+            rate = float(m["decode_tokens_per_s"])
+            row[links] = {
+                **m,
+                "one_way_legs": one_way_legs(stages, links),
+                "lower_bound_step_ms": bound * 1000,
+                "lower_bound_tokens_per_s": 1 / bound,
+                "measured_vs_bound": efficiency(rate, bound),
+                "lower_bound_with_bytes_step_ms": bound_bytes * 1000,
+                "measured_vs_bound_with_bytes": efficiency(rate, bound_bytes),
+            }
+        row["direct_vs_relay"] = row["direct"]["decode_tokens_per_s"] / row["relay"]["decode_tokens_per_s"]  # type: ignore[index]
+        rows.append(row)
     report = {
-        "benchmark": "decode over emulated WAN links (namespaces, mDNS, TLS websockets, delaying proxy, tbf)",
+        "benchmark": "decode over emulated WAN links (namespaces, mDNS, TLS websockets, delaying proxies, tbf), "
+                     "direct links between volunteers vs relay through the coordinator, alternating in one pool",
         "machine": machine_info(),
         "model": args.model,
         "volunteers": args.volunteers,
@@ -227,9 +269,10 @@ def main() -> None:
         "new_tokens": args.tokens,
         "rounds": args.rounds,
         "compute_step_ms": compute_s * 1000,
-        "round_trips_per_token": legs_per_token(stages, "relay"),
-        "bound": "compute_step_ms (from the baseline) + round_trips_per_token × added RTT; "
-                 "the 'with_bytes' bound adds the token's wire bytes at the link rate",
+        "one_way_legs_per_token": {links: one_way_legs(stages, links) for links in LINKS},
+        "bound": "compute_step_ms (the fastest baseline answer, either way) + one_way_legs × added RTT / 2 (relay: 2 per stage, "
+                 "direct: stages + 1); the 'with_bytes' bound adds the coordinator-link bytes on the token's path at the "
+                 "link rate (relay: all of them; direct: the token to the first stage and the last stage's answer)",
         "loss_model": "a lost segment holds its chunk (and the stream behind it) for one RTT when >= 3 segments follow "
                       "it in the chunk (fast retransmit), else for the 200 ms RTO: the effect of loss on TCP, emulated "
                       "because netem and iptables are not available",

@@ -5,8 +5,14 @@ for the pool ``--pool-id`` (real mDNS across the bridge), starts a
 :class:`scripts.wan.delay_proxy.DelayProxy` on 127.0.0.1 towards the address and port the
 advert gave, and runs ``butterfly volunteer`` against the proxy (the pool's key is pinned
 with ``--pool-id``, so TLS is checked end to end through the proxy). The proxy delays both
-directions, so this host's link gains ``2 × --delay-ms`` of round trip. Prints JSON lines
-(``discovered``, ``exited``); SIGTERM makes the volunteer drain and leave.
+directions, so this host's link gains ``2 × --delay-ms`` of round trip.
+
+Direct links: the volunteer listens for other volunteers on ``--address`` port
+``--peer-port`` and advertises port ``--peer-proxy-port`` over mDNS, where a second
+delaying proxy with the same shape forwards to the listener; so a hidden state handed
+from one volunteer to another crosses one delayed leg, as one sent to or from the
+coordinator does. Prints JSON lines (``discovered``, ``exited``); SIGTERM makes the
+volunteer drain and leave.
 
     python -m scripts.wan.volunteer_host --address 10.77.1.2 --pool-id bf1… --name v1 [--delay-ms 10 --loss 0.01]
 """
@@ -64,8 +70,12 @@ async def run(args: argparse.Namespace) -> int:
     shape = LinkShape(one_way_s=args.delay_ms / 1000.0, loss=args.loss, rto_s=args.rto_ms / 1000.0)
     proxy = DelayProxy((pool.host, pool.port), shape, rng=random.Random(args.seed))  # type: ignore[attr-defined]
     await proxy.start()
+    peer_proxy = DelayProxy((args.address, args.peer_port), shape, listen=(args.address, args.peer_proxy_port),
+                            rng=random.Random(args.seed + 1_000_003))
+    await peer_proxy.start()
     cmd = [sys.executable, "-m", "cli", "volunteer", "--url", through_proxy(pool.ws_url, proxy.port),  # type: ignore[attr-defined]
-           "--pool-id", args.pool_id, "--name", args.name, "--data-dir", args.data_dir, "--threads", str(args.threads)]
+           "--pool-id", args.pool_id, "--name", args.name, "--data-dir", args.data_dir, "--threads", str(args.threads),
+           "--peer-host", args.address, "--peer-port", str(args.peer_port), "--peer-advertise-port", str(peer_proxy.port)]
     if args.memory_bytes:
         cmd += ["--memory-gb", f"{args.memory_bytes / 2**30:.9f}"]
     proc = await asyncio.create_subprocess_exec(*cmd, cwd=str(ROOT))
@@ -75,7 +85,9 @@ async def run(args: argparse.Namespace) -> int:
         code = await proc.wait()
     finally:
         await proxy.stop()
-    emit("exited", code=code, held_chunks=proxy.held_chunks, connections=proxy.connections)
+        await peer_proxy.stop()
+    emit("exited", code=code, held_chunks=proxy.held_chunks, connections=proxy.connections,
+         peer_held_chunks=peer_proxy.held_chunks, peer_connections=peer_proxy.connections)
     return code
 
 
@@ -91,6 +103,9 @@ def main() -> None:
     parser.add_argument("--loss", type=float, default=0.0)
     parser.add_argument("--rto-ms", type=float, default=200.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--peer-port", type=int, default=9101, help="where the volunteer listens for direct links")
+    parser.add_argument("--peer-proxy-port", type=int, default=9100,
+                        help="where the delaying proxy in front of that listener listens (the port advertised)")
     parser.add_argument("--discover-timeout", type=float, default=30.0)
     sys.exit(asyncio.run(run(parser.parse_args())))
 
