@@ -3,11 +3,15 @@
 One command, one run, one machine: a coordinator in this process and volunteer processes
 on loopback serve the model while the same weights, dtype, prompt and thread count run
 through ``transformers`` in this process, round for round (the two alternate, so drift on
-a busy machine hits both). Measured: decode tokens/s and time to first token of both,
-per-hop overhead (against the reference, and as the slope over runs with 1, 2, … stages),
+a busy machine hits both). Our side runs twice per round on the same pool: with direct
+links (stages hand hidden states to each other, the product default) and with the
+coordinator relaying every hop. Measured: decode tokens/s and time to first token of all
+three, per-hop overhead both ways (against the reference, and as the slope over runs with
+1, 2, … stages),
 prefill throughput for long prompts, a per-step breakdown (each stage's compute and
 overhead, the coordinator's sampling), aggregate tokens/s of concurrent sessions, and
-wire bytes per token (per wire codec where the coordinator offers a choice). Writes
+the coordinator's wire bytes per token both ways (per wire codec where the coordinator
+offers a choice) with the count of steps handed off directly. Writes
 ``bench.json`` and PNG charts to ``--out``.
 
 The stage count is forced with memory caps: volunteer ``i`` is offered just the memory
@@ -33,9 +37,10 @@ from pathlib import Path
 from typing import Any
 
 from cli.bench_report import (
+    DIRECT_HOPS_PER_STAGE,
     Run,
     breakdown,
-    bytes_per_token,
+    breakdown_direct,
     compare_runs,
     concurrency_point,
     fit_hop_overhead,
@@ -43,6 +48,7 @@ from cli.bench_report import (
     prefill_point,
     summarize,
     table,
+    wire_per_stage,
 )
 from core.errors import ConfigError, PoolUnavailable
 from core.types import LayerRange, ModelSpec
@@ -373,8 +379,17 @@ class LoopbackPool:
         """Bytes (to the volunteer, from the volunteer) so far on each stage's link."""
         return [(s.link.channel.bytes_sent, s.link.channel.bytes_received) for s in self.pipeline.stages]
 
-    async def generate(self, prompt_ids: Sequence[int], tokens: int) -> tuple[Run, list[int]]:
-        """Greedy ``tokens`` new tokens through the pool (end of sequence ignored); timings and ids."""
+    def handed_off_steps(self) -> int:
+        """Steps so far whose output a stage of the live pipeline handed straight to the next stage."""
+        return sum(int(getattr(s.link, "handed_off_steps", 0)) for s in self.pipeline.stages)
+
+    async def generate(self, prompt_ids: Sequence[int], tokens: int, *,
+                       direct: bool | None = None) -> tuple[Run, list[int]]:
+        """Greedy ``tokens`` new tokens through the pool (end of sequence ignored); timings and ids.
+
+        ``direct`` picks direct links (True) or the coordinator's relay (False) for this
+        request; None leaves it to the pool's ``direct_links`` setting.
+        """
         from server.generation import generate
         from server.sampling import SamplingParams
 
@@ -382,7 +397,8 @@ class LoopbackPool:
         ids: list[int] = []
         usage = None
         params = SamplingParams(max_tokens=tokens, ignore_eos=True)
-        async for event in generate(self.coordinator.pool, self.coordinator.tokenizer, list(prompt_ids), params):
+        async for event in generate(self.coordinator.pool, self.coordinator.tokenizer, list(prompt_ids), params,
+                                    direct=direct):
             if event.token_id >= 0:
                 ids.append(event.token_id)
             usage = event.usage or usage
@@ -391,29 +407,44 @@ class LoopbackPool:
         run = Run(usage.time_to_first_token_s, usage.decode_tokens_per_s, time.perf_counter() - start, usage.completion_tokens)
         return run, ids
 
-    async def profile(self, prompt_ids: Sequence[int], steps: int) -> list[dict[str, object]]:
-        """Drive ``steps`` greedy decode steps stage by stage, timing each stage and the sampler."""
+    async def profile(self, prompt_ids: Sequence[int], steps: int, *, direct: bool = False) -> list[dict[str, object]]:
+        """Drive ``steps`` greedy decode steps by hand, timing each stage and the sampler (no result checks).
+
+        Relayed (``direct`` False): stage after stage through the coordinator, each stage's
+        ``round_trip_s`` from its send to its answer. Direct: every stage gets its step at
+        once, as in a direct-link request, and each stage's ``arrival_s`` is when its copy
+        of the output reached the coordinator, from the step's start. The last stage
+        returns the top logits a greedy request asks for, as in a real request.
+        """
         import uuid
 
         import torch
 
-        from server.sampling import Sampler, SamplingParams
+        from server.sampling import Sampler, SamplingParams, logits_needed
 
         pool = self.coordinator.pool
         pipeline = await pool.acquire_pipeline()
         session = uuid.uuid4().hex
-        sampler = Sampler(SamplingParams(max_tokens=steps), seed=0)
+        params = SamplingParams(max_tokens=steps)
+        sampler = Sampler(params, seed=0)
+        top = logits_needed(params)
         x = torch.tensor(list(prompt_ids), dtype=torch.int64)
         pos, records = 0, []
         try:
             for step in range(steps + 1):
                 started = time.perf_counter()
-                stages = []
-                for stage in pipeline.stages:
-                    result = await stage.link.forward(session_id=session, assignment_id=stage.assignment_id, start_pos=pos, x=x)
-                    stages.append({"compute_s": result.compute_s, "round_trip_s": result.round_trip_s})
-                    y = result.y
-                    x = y
+                if direct and len(pipeline.stages) > 1:
+                    x, stages = await self._direct_step(pipeline.stages, session, pos, x, top, started)
+                else:
+                    stages = []
+                    for i, stage in enumerate(pipeline.stages):
+                        result = await stage.link.forward(
+                            session_id=session, assignment_id=stage.assignment_id, start_pos=pos, x=x,
+                            logits_top=top if i == len(pipeline.stages) - 1 else 0,
+                        )
+                        stages.append({"compute_s": result.compute_s, "round_trip_s": result.round_trip_s,
+                                       "arrival_s": time.perf_counter() - started, "handed_off": False})
+                        x = result.y
                 sampled = time.perf_counter()
                 token = sampler.sample(x)
                 ended = time.perf_counter()
@@ -426,6 +457,40 @@ class LoopbackPool:
             for stage in pipeline.stages:
                 await stage.link.end_session(session)
         return records
+
+    @staticmethod
+    async def _direct_step(stages: Sequence[Any], session: str, pos: int, x: Any, top: int,
+                           started: float) -> tuple[Any, list[dict[str, object]]]:
+        """One step sent to every stage at once (direct links), as a direct-link request sends it."""
+        last = len(stages) - 1
+        opened: list[int | None] = [
+            s.link.open_step(assignment_id=s.assignment_id, tokens=int(x.shape[0]), logits_top=top if i == last else 0)
+            for i, s in enumerate(stages)
+        ]
+        records: list[dict[str, object]] = []
+        try:
+            for i, s in enumerate(stages):
+                await s.link.send_step(
+                    opened[i], session_id=session, assignment_id=s.assignment_id, start_pos=pos,
+                    x=x if i == 0 else None, from_node=None if i == 0 else stages[i - 1].link.node_id,
+                    next_node=stages[i + 1].link.node_id if i < last else None,
+                    next_step=opened[i + 1] if i < last else 0, logits_top=top if i == last else 0,
+                )
+            handed_off = False
+            for i, s in enumerate(stages):
+                step_id, opened[i] = opened[i], None
+                result = await s.link.wait_step(step_id, refeed=x if handed_off else None)
+                records.append({"compute_s": result.compute_s, "round_trip_s": result.round_trip_s,
+                                "arrival_s": time.perf_counter() - started, "handed_off": result.handed_off})
+                handed_off = result.handed_off
+                if i < last and not handed_off:
+                    await stages[i + 1].link.feed(opened[i + 1], result.y)
+                x = result.y
+        finally:
+            for s, step_id in zip(stages, opened):
+                if step_id is not None:
+                    s.link.abandon(step_id)
+        return x, records
 
 
 # --------------------------------------------------------------------------- measuring
@@ -445,53 +510,65 @@ def _long_prompt(base: Sequence[int], length: int) -> list[int]:
 
 async def _alternate(pool: LoopbackPool, reference: Reference, prompt_ids: list[int], tokens: int, rounds: int,
                      say: Any) -> dict[str, object]:
-    """A warm-up of each, then ``rounds`` × (reference, ours); both sides' runs and whether the tokens agree.
+    """Warm-ups, then ``rounds`` × (ours both ways, reference); all runs and whether the tokens agree.
 
-    Our warm-up also runs every volunteer past its probation (where the coordinator
-    re-checks each of its steps), so the timed rounds see the steady state.
+    Our two ways swap order every round (direct first in odd rounds, relay first in even
+    ones), so neither always follows the reference.
+
+    Our warm-up runs every volunteer past its probation (where the coordinator re-checks
+    each of its steps) and gives the volunteers time to dial each other, so the timed
+    rounds see the steady state. ``handed_off`` counts, per way, the steps the stages
+    handed straight to the next stage during that way's timed rounds.
     """
     await asyncio.to_thread(reference.generate, prompt_ids, min(tokens, 8))
-    await pool.generate(prompt_ids, max(min(tokens, 8), pool.probation_steps + 2))
-    ours: list[Run] = []
-    refs: list[Run] = []
-    same = True
+    await pool.generate(prompt_ids, max(min(tokens, 8), pool.probation_steps + 2), direct=True)
+    await asyncio.sleep(1.5)  # a fresh pool's first steps relay while its volunteers dial each other
+    await pool.generate(prompt_ids, min(tokens, 8), direct=True)
+    await pool.generate(prompt_ids, min(tokens, 8), direct=False)
+    runs: dict[str, list[Run]] = {"direct": [], "relay": [], "reference": []}
+    handed_off = {"direct": 0, "relay": 0}
+    same = {"direct": True, "relay": True}
     last_ids: list[int] = []
     for r in range(rounds):
+        ids: dict[str, list[int]] = {}
+        ways = (("direct", True), ("relay", False))
+        for way, flag in ways if r % 2 == 0 else ways[::-1]:
+            before = pool.handed_off_steps()
+            run, ids[way] = await pool.generate(prompt_ids, tokens, direct=flag)
+            handed_off[way] += pool.handed_off_steps() - before
+            runs[way].append(run)
         ref_run, ref_ids = await asyncio.to_thread(reference.generate, prompt_ids, tokens)
-        our_run, our_ids = await pool.generate(prompt_ids, tokens)
-        refs.append(ref_run)
-        ours.append(our_run)
-        same = same and ref_ids == our_ids
-        last_ids = our_ids
-        say(f"  round {r + 1}/{rounds}: reference {ref_run.decode_tokens_per_s:.1f} tok/s, "
-            f"ours {our_run.decode_tokens_per_s:.1f} tok/s ({pool.stages} stages)")
-    return {"ours": ours, "reference": refs, "same_tokens": same, "tokens": last_ids}
+        runs["reference"].append(ref_run)
+        for way in same:
+            same[way] = same[way] and ids[way] == ref_ids
+        last_ids = ids["direct"]
+        say(f"  round {r + 1}/{rounds}: direct {runs['direct'][-1].decode_tokens_per_s:.1f} tok/s, "
+            f"relay {runs['relay'][-1].decode_tokens_per_s:.1f} tok/s, reference {ref_run.decode_tokens_per_s:.1f} tok/s "
+            f"({pool.stages} stages)")
+    return {**runs, "same_tokens": same, "tokens": last_ids, "handed_off_steps": handed_off}
 
 
-async def _wire(pool: LoopbackPool, prompt_ids: list[int], tokens: int, *, attempts: int = 3) -> dict[str, object]:
-    """Bytes per decoded token on each stage's link, prefill and per-request messages cancelled out.
+async def _wire(pool: LoopbackPool, prompt_ids: list[int], tokens: int, *, direct: bool | None = None,
+                attempts: int = 3) -> dict[str, object]:
+    """The coordinator's bytes per decoded token on each stage's link, prefill and per-request messages cancelled out.
 
-    A re-plan in the middle (a volunteer judged slower than planned on a busy machine)
-    moves weights over the links; such an attempt is discarded and measured again.
+    ``direct`` as for :meth:`LoopbackPool.generate`; ``handed_off_steps`` counts the steps
+    of the two answers a stage handed straight to the next. A re-plan in the middle (a
+    volunteer judged slower than planned on a busy machine) moves weights over the
+    links; such an attempt is discarded and measured again.
     """
     for attempt in range(1, attempts + 1):
         pipeline, replans = pool.pipeline, pool.coordinator.pool.replans
+        handed = pool.handed_off_steps()
         before = pool.wire_bytes()
-        await pool.generate(prompt_ids, 1)
+        await pool.generate(prompt_ids, 1, direct=direct)
         middle = pool.wire_bytes()
-        await pool.generate(prompt_ids, tokens)
+        await pool.generate(prompt_ids, tokens, direct=direct)
         if pool.pipeline is not pipeline or pool.coordinator.pool.replans != replans:
             continue
         after = pool.wire_bytes()
-        per_stage = []
-        for i, (b, m, a) in enumerate(zip(before, middle, after)):
-            per_stage.append({
-                "stage": i,
-                "to_volunteer": bytes_per_token(a[0] - m[0], m[0] - b[0], tokens, 1),
-                "from_volunteer": bytes_per_token(a[1] - m[1], m[1] - b[1], tokens, 1),
-            })
-        total = sum(s["to_volunteer"] + s["from_volunteer"] for s in per_stage)
-        return {"bytes_per_token": total, "per_stage": per_stage, "attempts": attempt}
+        return {**wire_per_stage(before, middle, after, tokens), "attempts": attempt,
+                "handed_off_steps": pool.handed_off_steps() - handed, "steps": tokens + 1}
     return {"bytes_per_token": None, "note": f"the pool re-planned during each of {attempts} attempts"}
 
 
@@ -541,32 +618,47 @@ async def measure(options: BenchOptions, say: Any = print) -> dict[str, object]:
                                 workdir=workdir / f"s{stages}", max_sessions=max_sessions,
                                 overrides=dict(options.settings)) as pool:
             alternated = await _alternate(pool, reference, prompt_ids, options.tokens, options.rounds, say)
-            ours, refs = alternated["ours"], alternated["reference"]
+            ours, relayed, refs = alternated["direct"], alternated["relay"], alternated["reference"]
             say(f"Profiling decode steps stage by stage ({stages} stages)…")
             steps = await pool.profile(prompt_ids, min(PROFILE_STEPS, options.tokens))
+            direct_steps = await pool.profile(prompt_ids, min(PROFILE_STEPS, options.tokens), direct=True)
             generate_step_s = 1.0 / summarize([r.decode_tokens_per_s for r in ours]).median  # type: ignore[union-attr]
+            relay_step_s = 1.0 / summarize([r.decode_tokens_per_s for r in relayed]).median  # type: ignore[union-attr]
             sweep.append({
                 "stages": stages,
                 "split": pool.split(),
                 "ours_step_ms": generate_step_s * 1000.0,
+                "ours_relay_step_ms": relay_step_s * 1000.0,
                 "ours_bare_step_ms": breakdown(steps)["step_ms"],
+                "ours_bare_direct_step_ms": breakdown_direct(direct_steps)["step_ms"],
                 "reference_step_ms": 1000.0 / summarize([r.decode_tokens_per_s for r in refs]).median,  # type: ignore[union-attr]
             })
             if stages != options.stages:
                 continue
             report["split"] = pool.split()
             report["coordinator_settings"] = pool.settings()
+            same, handed = alternated["same_tokens"], alternated["handed_off_steps"]
             report["decode"] = {
-                **compare_runs(ours, refs, stages=stages),  # type: ignore[arg-type]
-                "same_tokens_as_reference": alternated["same_tokens"],
+                **compare_runs(ours, refs, stages=stages, direct=True),  # type: ignore[arg-type]
+                "same_tokens_as_reference": same["direct"],  # type: ignore[index]
+                "handed_off_steps": handed["direct"],  # type: ignore[index]
                 "tokens": alternated["tokens"],
                 "rounds": {"ours": _runs(ours), "reference": _runs(refs)},  # type: ignore[arg-type]
             }
-            report["breakdown"] = breakdown(steps, generate_step_s=generate_step_s)
+            report["decode_relay"] = {
+                **compare_runs(relayed, refs, stages=stages, direct=False),  # type: ignore[arg-type]
+                "same_tokens_as_reference": same["relay"],  # type: ignore[index]
+                "handed_off_steps": handed["relay"],  # type: ignore[index]
+                "rounds": {"ours": _runs(relayed), "reference": _runs(refs)},  # type: ignore[arg-type]
+                "note": "the same pool and rounds as `decode`, the coordinator relaying every hidden state",
+            }
+            report["breakdown"] = breakdown(steps, generate_step_s=relay_step_s)
+            report["breakdown_direct"] = breakdown_direct(direct_steps, generate_step_s=generate_step_s)
             say("Prefill throughput…")
             report["prefill"], report["prefill_skipped"] = await _prefill(pool, reference, options, tokenizer, config)
             say("Wire bytes per token…")
-            report["wire"] = await _wire(pool, prompt_ids, options.tokens)
+            report["wire"] = await _wire(pool, prompt_ids, options.tokens, direct=True)
+            report["wire_relay"] = await _wire(pool, prompt_ids, options.tokens, direct=False)
             report["pool_events"] = pool.event_counts()
             if options.concurrency:
                 say("Concurrent sessions…")
@@ -579,13 +671,25 @@ async def measure(options: BenchOptions, say: Any = print) -> dict[str, object]:
     report["hops"] = {"sweep": sweep}
     if len({p["stages"] for p in sweep}) > 1:
         hops_report: dict[str, object] = report["hops"]  # type: ignore[assignment]
-        hops_report["fit"] = fit_hop_overhead([(int(p["stages"]), float(p["ours_step_ms"]) / 1000.0) for p in sweep]).as_dict()  # type: ignore[arg-type]
+        hops_report["fit"] = fit_hop_overhead(
+            [(int(p["stages"]), float(p["ours_step_ms"]) / 1000.0) for p in sweep],  # type: ignore[arg-type]
+            hops_per_stage=DIRECT_HOPS_PER_STAGE,
+        ).as_dict()
+        hops_report["fit_relay"] = fit_hop_overhead(
+            [(int(p["stages"]), float(p["ours_relay_step_ms"]) / 1000.0) for p in sweep]  # type: ignore[arg-type]
+        ).as_dict()
         hops_report["fit_bare_steps"] = fit_hop_overhead(
             [(int(p["stages"]), float(p["ours_bare_step_ms"]) / 1000.0) for p in sweep]  # type: ignore[arg-type]
         ).as_dict()
+        hops_report["fit_bare_steps_direct"] = fit_hop_overhead(
+            [(int(p["stages"]), float(p["ours_bare_direct_step_ms"]) / 1000.0) for p in sweep],  # type: ignore[arg-type]
+            hops_per_stage=DIRECT_HOPS_PER_STAGE,
+        ).as_dict()
         hops_report["note"] = (
-            "fit: full requests (result checks, trace, detokenizing included); fit_bare_steps: the same pools "
-            "driven step by step, stage after stage, which isolates what a stage's round trip costs"
+            "fit: full requests with direct links (result checks, trace, detokenizing included; one hop per "
+            "added stage); fit_relay: the same with the coordinator relaying (two hops per added stage); "
+            "fit_bare_steps: the same pools driven step by step, stage after stage through the coordinator, "
+            "which isolates what a stage's round trip costs; fit_bare_steps_direct: the same by hand with direct links"
         )
     report["codecs"] = await _codecs(model, options, prompt_ids, workdir, say)
     shutil.rmtree(workdir, ignore_errors=True)  # kept (with the volunteers' logs) only when a run fails
@@ -646,13 +750,15 @@ async def _codecs(model: Any, options: BenchOptions, prompt_ids: list[int], work
             async with LoopbackPool(model, stages=options.stages, threads=options.threads, dtype=options.dtype,
                                     workdir=workdir / f"codec-{len(results)}",
                                     overrides={**dict(options.settings), **setting}) as pool:
-                await pool.generate(prompt_ids, min(options.tokens, 8))
-                wire = await _wire(pool, prompt_ids, options.tokens)
-                run, _ = await pool.generate(prompt_ids, options.tokens)
-                results[name] = {**wire, "decode_tokens_per_s": run.decode_tokens_per_s, "pool_events": pool.event_counts()}
+                await pool.generate(prompt_ids, min(options.tokens, 8), direct=False)
+                wire = await _wire(pool, prompt_ids, options.tokens, direct=False)
+                run, _ = await pool.generate(prompt_ids, options.tokens, direct=False)
+                results[name] = {**wire, "links": "relay", "decode_tokens_per_s": run.decode_tokens_per_s,
+                                 "pool_events": pool.event_counts()}
         except ConfigError as exc:
             results[name] = {"error": exc.message}
-    return {"supported": True, "results": results}
+    return {"supported": True, "links": "relay", "results": results,
+            "note": "each codec on a fresh pool with the coordinator relaying, so every hidden state crosses its links"}
 
 
 # --------------------------------------------------------------------------- output
@@ -670,7 +776,7 @@ def write_plots(report: dict[str, object], out: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(5.0, 3.2), dpi=100)
         if spec.kind == "bar":
             values = spec.series[0].values
-            bars = ax.bar([str(x) for x in spec.x], values, color=["#8c8c8c", "#d9822b"][: len(values)])
+            bars = ax.bar([str(x) for x in spec.x], values, color=["#8c8c8c", "#d9822b", "#3b75af"][: len(values)])
             ax.bar_label(bars, fmt="%.1f")
             ax.margins(y=0.15)
         else:

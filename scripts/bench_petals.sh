@@ -9,7 +9,9 @@
 # against single-process transformers. This script alternates that with `butterfly bench` on the
 # same folder, the same split (2 volunteers, layers [0, 4) and [4, 8)), the same threads, fp32, the
 # same raw prompt and 64 greedy tokens, ALTERNATIONS times, so drift on a shared machine hits both
-# sides; then writes the comparison (and our per-step breakdown) to $OUT.
+# sides. Each of our runs times the same pool both ways, round for round: volunteers handing hidden
+# states to each other (direct links, the default) and the coordinator relaying them. Then writes the
+# comparison for both ways (and our per-step breakdown) to $OUT.
 #
 # Knobs (env): ROOT (work dir, default ${TMPDIR:-/tmp}/butterfly-petals), ALTERNATIONS=3, REPS=5
 # (timed answers per side per alternation), THREADS (default: all cores; Petals servers and client
@@ -89,7 +91,10 @@ for i in range(1, alternations + 1):
         same_tokens.append(petals_ids == report["prompt_ids"] + report["decode"]["tokens"])
     rounds.append({
         "ours": {k: report["decode"][k] for k in ("decode_tokens_per_s", "ttft_s", "end_to_end_tokens_per_s")},
-        "ours_unchecked": {k: plain["decode"][k] for k in ("decode_tokens_per_s", "ttft_s", "end_to_end_tokens_per_s")},
+        "ours_relay": {k: report["decode_relay"][k] for k in ("decode_tokens_per_s", "ttft_s", "end_to_end_tokens_per_s")},
+    "ours_unchecked": {k: plain["decode"][k] for k in ("decode_tokens_per_s", "ttft_s", "end_to_end_tokens_per_s")},
+    "ours_unchecked_relay": {k: plain["decode_relay"][k] for k in ("decode_tokens_per_s", "ttft_s", "end_to_end_tokens_per_s")},
+    "handed_off_steps": {"direct": report["decode"]["handed_off_steps"], "relay": report["decode_relay"]["handed_off_steps"]},
         "petals": swarm,
         "petals_transformers": ref,
         "petals_transformers_swarm_off": peer.get("hf_single_process_swarm_off"),
@@ -98,6 +103,8 @@ for i in range(1, alternations + 1):
 
 comparison = compare_with_peer(ours, petals, petals_ref)
 comparison_unchecked = compare_with_peer(unchecked, petals, petals_ref)
+comparison_relay = compare_with_peer(ours, petals, petals_ref, section="decode_relay")
+comparison_unchecked_relay = compare_with_peer(unchecked, petals, petals_ref, section="decode_relay")
 last = ours[-1]
 result = {
     "benchmark": "Butterfly vs Petals vs single-process transformers, loopback, same model and split",
@@ -118,29 +125,42 @@ result = {
     },
     "definitions": {
         "decode_tokens_per_s": "1 / mean time per token after the first, every side alike",
+        "links": "comparison*: our stages hand hidden states to each other (direct links, the default); "
+                 "*_relay: the same runs' alternated rounds with the coordinator relaying every hidden state",
         "reference": "single-process transformers generate: 'ours_reference' measured by butterfly bench "
                      "(our transformers), 'peer_reference' by the Petals recipe (its transformers), each "
                      "with the other side's processes idle in the background",
     },
     "comparison": comparison,
+    "comparison_relay": comparison_relay,
     "comparison_without_result_checks": {
         "settings": unchecked[-1].get("coordinator_settings"),
         "note": "the same runs with the coordinator's re-checking of volunteers' results off (Petals has none)",
         **comparison_unchecked,
     },
+    "comparison_without_result_checks_relay": comparison_unchecked_relay,
+    "handed_off_steps": {"direct": sum(r["decode"]["handed_off_steps"] for r in ours),
+                         "relay": sum(r["decode_relay"]["handed_off_steps"] for r in ours),
+                         "direct_timed_steps": sum(len(r["decode"]["rounds"]["ours"]) * (r["new_tokens"] + 1) for r in ours)},
     "our_settings": ours[-1].get("coordinator_settings"),
     "target_ours_vs_peer": 1.8,
     "target_met": comparison["ratios"]["ours_vs_peer"] >= 1.8,
     "petals_alternations_failed": failed,
     "same_greedy_tokens_as_petals": all(same_tokens) if same_tokens else None,
-    "same_greedy_tokens_as_transformers": all(r["decode"]["same_tokens_as_reference"] for r in ours),
+    "same_greedy_tokens_as_transformers": all(r[k]["same_tokens_as_reference"] for r in ours + unchecked
+                                              for k in ("decode", "decode_relay")),
+    "our_wire_bytes_per_token": {"direct": [r["wire"] for r in ours], "relay": [r["wire_relay"] for r in ours]},
     "our_breakdown": [r["breakdown"] for r in ours],
     "our_breakdown_without_result_checks": [r["breakdown"] for r in unchecked],
+    "our_breakdown_direct": [r.get("breakdown_direct") for r in ours],
+    "our_breakdown_direct_without_result_checks": [r.get("breakdown_direct") for r in unchecked],
     "rounds": rounds,
 }
 out.parent.mkdir(parents=True, exist_ok=True)
 out.write_text(json.dumps(result, indent=2) + "\n")
-print(json.dumps({"ratios": comparison["ratios"], "ratios_without_checks": comparison_unchecked["ratios"],
+print(json.dumps({"ratios": comparison["ratios"], "ratios_relay": comparison_relay["ratios"],
+                  "ratios_without_checks": comparison_unchecked["ratios"],
+                  "ratios_without_checks_relay": comparison_unchecked_relay["ratios"],
                   "decode_tokens_per_s_medians": {
     k: v["median"] for k, v in comparison["decode_tokens_per_s"].items()}}, indent=2))
 EOF

@@ -85,13 +85,20 @@ def test_quick_bench_on_a_tiny_model_writes_the_report_and_charts(tiny_llama_dir
     decode = report["decode"]
     assert decode["decode_tokens_per_s"]["ours"]["median"] > 0 and decode["decode_tokens_per_s"]["reference"]["median"] > 0
     assert decode["same_tokens_as_reference"] is True  # same weights, fp32, greedy
-    assert decode["hops_per_token"] == 4
+    assert decode["hops_per_token"] == 3 and decode["links"] == "direct"  # 2 stages: coordinator, v1, v2, coordinator
+    relay = report["decode_relay"]
+    assert relay["hops_per_token"] == 4 and relay["links"] == "relay"
+    assert relay["same_tokens_as_reference"] is True and relay["decode_tokens_per_s"]["ours"]["median"] > 0
+    assert relay["handed_off_steps"] == 0 and report["wire_relay"]["handed_off_steps"] == 0
+    assert decode["handed_off_steps"] > 0 and report["wire"]["handed_off_steps"] > 0  # the direct rounds handed off
     assert [p["prompt_tokens"] for p in report["prefill"]] == [16] and report["prefill_skipped"] == [100000]
     assert [p["sessions"] for p in report["concurrency"]["points"]] == [1, 2]
     assert len(report["breakdown"]["stages"]) == 2
-    assert report["wire"]["bytes_per_token"] > 0
+    assert report["breakdown_direct"]["handed_off_share"] > 0 and len(report["breakdown_direct"]["stages"]) == 2
+    assert report["wire"]["bytes_per_token"] > 0 and report["wire_relay"]["bytes_per_token"] > 0
+    assert len(report["wire"]["per_stage"]) == 2
     assert {"cpu", "logical_cpus", "memory_gib", "os", "python", "torch", "date"} <= set(report["machine"])
     charts = sorted(p.name for p in out.glob("*.png"))
     assert charts == ["bench_concurrency.png", "bench_decode.png", "bench_prefill.png", "bench_ttft.png"]
     assert all(0 < (out / c).stat().st_size < 200_000 for c in charts)
-    assert "| decode tokens/s |" in result.stdout
+    assert "| decode tokens/s |" in result.stdout and "relay" in result.stdout
