@@ -20,10 +20,10 @@ from __future__ import annotations
 
 from enum import Enum
 
-from core.errors import ButterflyError, ProtocolViolation
+from core.errors import ProtocolViolation
 from core.protocol.frames import Limits
-from core.protocol.messages import Bye, Error, Handoff, Message, PeerAuth, PeerChallenge, decode_message
-from core.protocol.session import CLOSE_NORMAL, MAX_CLOSE_REASON_BYTES
+from core.protocol.machine import CLOSE_NORMAL, FrameMachine
+from core.protocol.messages import Bye, Error, Handoff, Message, PeerAuth, PeerChallenge
 
 
 class PeerRole(Enum):
@@ -66,7 +66,7 @@ _ORDER: dict[type[Message], tuple[PeerState, PeerState]] = {
 """The state each message is legal in and the state it leads to."""
 
 
-class PeerConnection:
+class PeerConnection(FrameMachine):
     """One end of a direct link between volunteers, as a pure state machine.
 
     ``state`` is where the link stands; ``close_code``/``close_reason`` are set once it
@@ -74,67 +74,14 @@ class PeerConnection:
     keep the handshake messages seen or sent, for the signature check.
     """
 
+    CLOSED = PeerState.CLOSED
+    NOUN = "direct link"
+
     def __init__(self, role: PeerRole, *, limits: Limits = Limits()) -> None:
-        self.role = role
-        self.limits = limits
-        self.state = PeerState.AWAIT_CHALLENGE
-        self.close_code: int | None = None
-        self.close_reason: str | None = None
+        super().__init__(role, PeerState.AWAIT_CHALLENGE, limits=limits)
         self.challenge: PeerChallenge | None = None
         self.auth: PeerAuth | None = None
-        self._events: list[Message] = []
-        self._outgoing: list[bytes] = []
 
-    def receive(self, data: bytes | bytearray | memoryview) -> None:
-        """Take one received frame; its message becomes available from :meth:`events`.
-
-        On any violation (bad bytes, a message illegal on a direct link, in this state or
-        from this side) the link closes: ``state`` becomes CLOSED, ``close_code`` and
-        ``close_reason`` are set, an Error for the peer is queued, and the
-        :class:`ProtocolViolation` is raised. After the link closed, data is discarded.
-        """
-        if self.state is PeerState.CLOSED:
-            return
-        try:
-            msg = decode_message(data, self.limits)
-            self._apply(msg, sender=self.role.peer)
-        except ProtocolViolation as exc:
-            self.fail(exc)
-            raise
-        self._events.append(msg)
-
-    def events(self) -> list[Message]:
-        """The messages received since the last call, oldest first."""
-        events, self._events = self._events, []
-        return events
-
-    def send(self, msg: Message) -> None:
-        """Queue ``msg`` for the peer; raise :class:`ProtocolViolation` (state unchanged) if illegal now.
-
-        Sending Bye, or an Error without ``step_id``, closes the link after it.
-        """
-        if self.state is PeerState.CLOSED:
-            raise ProtocolViolation(f"cannot send {msg.KIND}: the direct link is closed ({self.close_reason})")
-        self._apply(msg, sender=self.role)
-        self._outgoing.append(msg.to_frame())
-
-    def data_to_send(self) -> list[bytes]:
-        """The frames queued since the last call, each to go out as one binary websocket message."""
-        data, self._outgoing = self._outgoing, []
-        return data
-
-    def fail(self, exc: ButterflyError) -> None:
-        """End the link because of ``exc``: queue an Error telling the peer why, and close.
-
-        Does nothing if the link is already closed.
-        """
-        if self.state is PeerState.CLOSED:
-            return
-        try:
-            self._outgoing.append(Error.from_exception(exc).to_frame())
-        except ProtocolViolation:  # an error text we cannot encode: send its class only
-            self._outgoing.append(Error(type(exc).__name__[:64], "").to_frame())
-        self._close(exc.close_code, exc.message)
 
     # --- the rules --------------------------------------------------------------------
 
@@ -167,14 +114,6 @@ class PeerConnection:
             f"direct link ({self.role.value}): {problem}",
             hint="the other volunteer runs an incompatible or faulty Butterfly; update both to the same release",
         )
-
-    def _close(self, code: int, reason: str) -> None:
-        self.state = PeerState.CLOSED
-        self.close_code = code
-        raw = reason.encode("utf-8", errors="replace")
-        if len(raw) > MAX_CLOSE_REASON_BYTES:
-            reason = raw[: MAX_CLOSE_REASON_BYTES - 3].decode("utf-8", errors="ignore") + "..."
-        self.close_reason = reason
 
 
 __all__ = ["PeerConnection", "PeerRole", "PeerState"]

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 from enum import Enum
 
-from core.errors import ButterflyError, ProtocolViolation, VersionMismatch
+from core.errors import ProtocolViolation, VersionMismatch
 from core.protocol.frames import PROTOCOL_VERSION, Limits
+from core.protocol.machine import CLOSE_NORMAL, MAX_CLOSE_REASON_BYTES, FrameMachine
 from core.protocol.messages import (
     Accepted,
     Assign,
@@ -51,7 +52,6 @@ from core.protocol.messages import (
     SetSlowdown,
     TensorChunk,
     Unassign,
-    decode_message,
 )
 
 MAX_ASSIGNMENTS: int = 1024
@@ -60,10 +60,6 @@ MAX_PENDING_FETCHES: int = 256
 """Tensor fetches a volunteer may have unanswered at once."""
 MAX_OUTSTANDING_STEPS: int = 4096
 """Forward steps the coordinator may have unanswered on one connection."""
-MAX_CLOSE_REASON_BYTES: int = 123
-"""RFC 6455 limits a close frame's reason to 123 bytes of UTF-8."""
-
-CLOSE_NORMAL: int = 1000
 
 
 class Role(Enum):
@@ -120,7 +116,7 @@ _HANDSHAKE: dict[type[Message], tuple[State, State]] = {
 _AFTER_AUTH = frozenset({State.AUTHENTICATED, State.ASSIGNED, State.SERVING, State.DRAINING})
 
 
-class ProtocolConnection:
+class ProtocolConnection(FrameMachine):
     """One end of a coordinator <-> volunteer connection, as a pure state machine.
 
     ``state`` is where the conversation stands; ``close_code``/``close_reason`` are set
@@ -128,16 +124,13 @@ class ProtocolConnection:
     ``challenge`` keep the handshake messages seen, for the signature checks.
     """
 
+    CLOSED = State.CLOSED
+    NOUN = "connection"
+
     def __init__(self, role: Role, *, limits: Limits = Limits()) -> None:
-        self.role = role
-        self.limits = limits
-        self.state = State.AWAIT_HELLO
-        self.close_code: int | None = None
-        self.close_reason: str | None = None
+        super().__init__(role, State.AWAIT_HELLO, limits=limits)
         self.hello: Hello | None = None
         self.challenge: Challenge | None = None
-        self._events: list[Message] = []
-        self._outgoing: list[bytes] = []
         self._assigned: set[str] = set()  # every assignment id ever given on this connection
         self._active: set[str] = set()  # assigned and not dropped
         self._ready: set[str] = set()  # active and loaded
@@ -147,60 +140,6 @@ class ProtocolConnection:
         self._answered_unfed: dict[int, None] = {}  # recently answered such steps: a late Feed may still come
         self._coordinator_drained = False
         self._volunteer_drained = False
-
-    # --- the four calls of the I/O layer ---------------------------------------------
-
-    def receive(self, data: bytes | bytearray | memoryview) -> None:
-        """Take one received frame; its message becomes available from :meth:`events`.
-
-        On any violation (bad bytes, illegal message for this state or direction) the
-        connection closes: ``state`` becomes CLOSED, ``close_code``/``close_reason`` are
-        set, an Error for the peer is queued, and the :class:`ProtocolViolation` is raised.
-        After the connection closed, received data is discarded.
-        """
-        if self.state is State.CLOSED:
-            return
-        try:
-            msg = decode_message(data, self.limits)
-            self._apply(msg, sender=self.role.peer)
-        except ProtocolViolation as exc:
-            self.fail(exc)
-            raise
-        self._events.append(msg)
-
-    def events(self) -> list[Message]:
-        """The messages received since the last call, oldest first."""
-        events, self._events = self._events, []
-        return events
-
-    def send(self, msg: Message) -> None:
-        """Queue ``msg`` for the peer; raise :class:`ProtocolViolation` (state unchanged) if illegal now.
-
-        Sending Bye, or an Error without ``step_id``, closes the connection after it.
-        """
-        if self.state is State.CLOSED:
-            raise ProtocolViolation(f"cannot send {msg.KIND}: the connection is closed ({self.close_reason})")
-        data = msg.to_frame()
-        self._apply(msg, sender=self.role)
-        self._outgoing.append(data)
-
-    def data_to_send(self) -> list[bytes]:
-        """The frames queued since the last call, each to go out as one binary websocket message."""
-        data, self._outgoing = self._outgoing, []
-        return data
-
-    def fail(self, exc: ButterflyError) -> None:
-        """End the connection because of ``exc``: queue an Error telling the peer why, and close.
-
-        Does nothing if the connection is already closed.
-        """
-        if self.state is State.CLOSED:
-            return
-        try:
-            self._outgoing.append(Error.from_exception(exc).to_frame())
-        except ProtocolViolation:  # an error text we cannot encode: send its class only
-            self._outgoing.append(Error(type(exc).__name__[:64], "").to_frame())
-        self._close(exc.close_code, exc.message)
 
     # --- the rules --------------------------------------------------------------------
 
@@ -351,17 +290,6 @@ class ProtocolConnection:
             hint="the peer runs an incompatible or faulty Butterfly; update both sides to the same release",
         )
 
-    def _close(self, code: int, reason: str) -> None:
-        self.state = State.CLOSED
-        self.close_code = code
-        self.close_reason = _truncate_utf8(reason, MAX_CLOSE_REASON_BYTES)
 
 
-def _truncate_utf8(text: str, limit: int) -> str:
-    raw = text.encode("utf-8", errors="replace")
-    if len(raw) <= limit:
-        return raw.decode("utf-8")
-    return raw[: limit - 3].decode("utf-8", errors="ignore") + "..."
-
-
-__all__ = ["ProtocolConnection", "Role", "State"]
+__all__ = ["CLOSE_NORMAL", "MAX_CLOSE_REASON_BYTES", "ProtocolConnection", "Role", "State"]
