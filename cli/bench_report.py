@@ -258,10 +258,7 @@ def breakdown(steps: Sequence[Mapping[str, object]], *, generate_step_s: float |
     total = statistics.median(float(s["total_s"]) for s in steps) * 1000.0
     sample = statistics.median(float(s["sample_s"]) for s in steps) * 1000.0
     trips = sum(float(s["round_trip_ms"]) for s in stages)
-    extra = {} if generate_step_s is None else {
-        "generate_step_ms": generate_step_s * 1000.0,
-        "generate_extra_ms": generate_step_s * 1000.0 - total,
-    }
+    extra = _generate_extra(generate_step_s, total)
     return {
         **extra,
         "steps": len(steps),
@@ -272,6 +269,13 @@ def breakdown(steps: Sequence[Mapping[str, object]], *, generate_step_s: float |
         "sample_ms": sample,
         "coordinator_other_ms": max(0.0, total - trips - sample),
     }
+
+
+def _generate_extra(generate_step_s: float | None, step_ms: float) -> dict[str, float]:
+    """A full request's step beside the profiled one, and what it adds (nothing without one)."""
+    if generate_step_s is None:
+        return {}
+    return {"generate_step_ms": generate_step_s * 1000.0, "generate_extra_ms": generate_step_s * 1000.0 - step_ms}
 
 
 def breakdown_direct(steps: Sequence[Mapping[str, object]], *, generate_step_s: float | None = None) -> dict[str, object]:
@@ -304,10 +308,7 @@ def breakdown_direct(steps: Sequence[Mapping[str, object]], *, generate_step_s: 
     total = statistics.median(float(s["total_s"]) for s in steps) * 1000.0
     sample = statistics.median(float(s["sample_s"]) for s in steps) * 1000.0
     last = statistics.median(float(s["stages"][-1]["arrival_s"]) for s in steps) * 1000.0  # type: ignore[index]
-    extra = {} if generate_step_s is None else {
-        "generate_step_ms": generate_step_s * 1000.0,
-        "generate_extra_ms": generate_step_s * 1000.0 - total,
-    }
+    extra = _generate_extra(generate_step_s, total)
     return {
         **extra,
         "steps": len(steps),
