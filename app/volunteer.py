@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 import torch
 
-from app.batching import DEFAULT_MAX_BATCH, Step, gather_window_s, take_batch
+from app.batching import DEFAULT_MAX_BATCH, PREFILL_CAP_S, PREFILL_GAP_S, Step, gather_window_s, take_batch
 from core.backoff import backoff_delay
 from core.errors import AuthFailed, ButterflyError, ConfigError, ProtocolViolation, ShardLoadFailed
 from core.identity import Identity, auth_transcript, fingerprint, parse_invite, verify_signature
@@ -103,7 +103,8 @@ class VolunteerConfig:
     ``insecure_loopback`` allows plain ``ws://`` to this machine (development).
     ``perturb`` (debug only) adds noise of that relative size to every output, so the
     pool's result validation can be seen catching and quarantining a wrong volunteer.
-    ``max_batch`` bounds how many waiting decode steps run as one forward (1: no batching).
+    ``max_batch`` bounds how many waiting steps (decode steps, or prompts queued together) run as
+    one forward (1: no batching).
     ``direct_links``: accept and open direct links to the pool's other volunteers
     (:mod:`app.peers`, found over mDNS), so hidden states skip the coordinator; off, the
     coordinator relays them. ``peer_host`` is the address to listen on for them (default:
@@ -676,11 +677,23 @@ class Volunteer:
         """Move arrived messages into ``backlog`` and pick the next batch.
 
         A decode step whose last forward ran with other sessions (its *wave*) waits briefly
-        for those sessions' steps, which the coordinator sends one by one (see app.batching).
+        for those sessions' steps, which the coordinator sends one by one; a prefill waits
+        while other prefills keep arriving (see app.batching).
         """
         picked = self._pick(backlog)
         head = backlog[0]
-        if not isinstance(head, Forward) or head.x.shape[0] != 1:
+        if not isinstance(head, Forward):
+            return picked
+        if head.x.shape[0] != 1:
+            deadline = time.monotonic() + PREFILL_CAP_S
+            while len(picked) < self.config.max_batch and (left := deadline - time.monotonic()) > 0:
+                try:
+                    backlog.append(await asyncio.wait_for(self._queue.get(), min(left, PREFILL_GAP_S)))
+                except TimeoutError:
+                    break
+                joined, picked = picked, self._pick(backlog)
+                if len(picked) == len(joined):  # what came cannot join: run what we have
+                    break
             return picked
         loaded = self.shards.get(head.assignment_id)
         if loaded is None:

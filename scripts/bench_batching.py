@@ -3,16 +3,20 @@
 The default model is split over three volunteer processes (memory caps force three stages).
 For each concurrency level N, N greedy sessions with different prompts run at once; the
 aggregate rate is all generated tokens over the wall time of the round (prefills
-included). The same rounds run on a pool whose volunteers batch decode steps (the default,
-``--max-batch 32``) and on one whose volunteers run every step alone (``--max-batch 1``),
-and each session's tokens are compared between the two: a step run alone computes exactly
-what a solo session computes, so equal tokens mean batching did not change the answers.
-Both pools are up at once and their rounds alternate, so drift in the machine's load hits
-both alike. Beside the pools, one middle stage's decode forward is timed in this process
-at each batch size (``Shard.forward`` for 1, ``Shard.forward_batch`` above): what a packed
-step costs on this CPU bounds what batching can gain. Result checking is off in both pools (it recomputes a share of steps on the coordinator's
-CPU, which would compete with the volunteers on a small machine) and the split is kept fixed
-(no re-plan moves weights mid-measurement). Writes
+included); the decode-only aggregate is the sum of the sessions' decode rates (each
+session's tokens after its first over the time from its first token to its last). The
+same rounds run on a pool whose volunteers batch steps (decode steps, and prompts that
+arrive together; the default, ``--max-batch 32``) and on one whose volunteers run every
+step alone (``--max-batch 1``), and each session's tokens are compared between the two: a
+step run alone computes exactly what a solo session computes, so equal tokens mean
+batching did not change the answers. Both pools are up at once and their rounds
+alternate, so drift in the machine's load hits both alike. Beside the pools, one middle
+stage's decode forward is timed in this process at each batch size (``Shard.forward``
+for 1, ``Shard.forward_batch`` above), with the weights prepacked for oneDNN (the
+runtime's default) and dense: what a packed step costs on this CPU bounds what batching
+can gain. Result checking is off in both pools (it recomputes a share of steps on the
+coordinator's CPU, which would compete with the volunteers on a small machine) and the
+split is kept fixed (no re-plan moves weights mid-measurement). Writes
 ``docs/benchmarks/batching.json``.
 
     python scripts/bench_batching.py [--levels 1,2,4,8,16] [--tokens 32] [--rounds 2] [--threads 2]
@@ -183,7 +187,8 @@ async def measure(model: Any, *, levels: list[int], all_prompts: list[list[int]]
             await pool.stop()
 
 
-def stage_forward_ms(model: Any, threads: int, sizes: list[int], *, context: int = 64) -> dict[str, float]:
+def stage_forward_ms(model: Any, threads: int, sizes: list[int], *, context: int = 64,
+                     pack_weights: bool = True) -> dict[str, float]:
     """Best-of-5 milliseconds of one decode step of the middle third's layers, per batch size."""
     import torch
 
@@ -195,7 +200,8 @@ def stage_forward_ms(model: Any, threads: int, sizes: list[int], *, context: int
     config = model.config
     n = config.num_layers
     layers = LayerRange(n // 3, 2 * n // 3, n)
-    shard = Shard(config, layers, {name: model.tensor(name).clone() for name in shard_tensor_names(config, layers)})
+    shard = Shard(config, layers, {name: model.tensor(name).clone() for name in shard_tensor_names(config, layers)},
+                  pack_weights=pack_weights)
     out: dict[str, float] = {}
     for size in sizes:
         caches = [shard.new_cache() for _ in range(size)]
@@ -232,13 +238,15 @@ def main() -> None:
     model = ensure_default_model()
     all_prompts = prompts(model.tokenizer(), max(levels))
     kernel = stage_forward_ms(model, args.threads, sorted({1, *levels}))
-    print(f"one stage's decode forward, ms by batch size: {kernel}", flush=True)
+    dense_kernel = stage_forward_ms(model, args.threads, sorted({1, *levels}), pack_weights=False)
+    print(f"one stage's decode forward, ms by batch size: {kernel} (dense weights: {dense_kernel})", flush=True)
     measured = asyncio.run(measure(model, levels=levels, all_prompts=all_prompts, tokens=args.tokens,
                                    rounds=args.rounds, threads=args.threads, max_batch=args.max_batch))
     runs = measured["results"]
     batched = {n: summarize(r) for n, r in runs["batched"].items()}
     alone = {n: summarize(r) for n, r in runs["unbatched"].items()}
     base_batched, base_alone = batched[levels[0]]["tokens_per_s"], alone[levels[0]]["tokens_per_s"]
+    base_decode = batched[levels[0]]["sum_of_session_decode_tokens_per_s"]
     table = []
     for n in levels:
         b, a = batched[n], alone[n]
@@ -249,6 +257,8 @@ def main() -> None:
             "batched_vs_one_session": round(b["tokens_per_s"] / base_batched, 2),
             "unbatched_vs_one_session": round(a["tokens_per_s"] / base_alone, 2),
             "batched_vs_unbatched": round(b["tokens_per_s"] / a["tokens_per_s"], 2),
+            "batched_decode_tokens_per_s": round(b["sum_of_session_decode_tokens_per_s"], 2),
+            "batched_decode_vs_one_session": round(b["sum_of_session_decode_tokens_per_s"] / base_decode, 2),
             "steps_per_forward": round(b["steps_per_forward"], 2),
             "tokens_equal_to_unbatched": all(
                 x["outputs"] == y["outputs"] for x, y in zip(runs["batched"][n], runs["unbatched"][n])),
@@ -267,9 +277,11 @@ def main() -> None:
         "result_checking": "off in both pools",
         "replanning": "off (the first three-stage split is kept)",
         "note": "tokens_per_s = generated tokens / wall time of the round (prefills included), median of rounds; "
-                "the two pools' rounds alternate; all processes share this machine's cores",
+                "decode_tokens_per_s = sum over sessions of (tokens - 1) / (last token time - first token time), "
+                "prefills excluded; the two pools' rounds alternate; all processes share this machine's cores",
         "table": table,
         "stage_decode_forward_ms_by_batch": kernel,
+        "stage_decode_forward_ms_by_batch_dense_weights": dense_kernel,
         "batched": {str(n): v for n, v in batched.items()},
         "unbatched": {str(n): v for n, v in alone.items()},
     }

@@ -8,7 +8,16 @@ import torch
 import torch.nn.functional as F
 
 from core.errors import ShardLoadFailed
-from core.model.block import AttentionWindow, DecoderLayer, attend, rms_norm
+from core.model.block import (
+    AttentionWindow,
+    DecodeWindows,
+    DecoderLayer,
+    attend,
+    attend_decode,
+    linear,
+    pack_linear_weight,
+    rms_norm,
+)
 from core.model.config import ModelConfig
 from core.model.kv_cache import KVCache
 from core.model.rope import RopeTable
@@ -24,11 +33,14 @@ class Shard(torch.nn.Module):
     Holds only its own layers' weights (fused, in ``dtype`` on ``device``), the embedding if it
     is the first stage and the final norm + LM head if it is the last. Loading is strict: a
     missing, unexpected, non-float or wrong-shaped tensor raises :class:`ShardLoadFailed`
-    naming it.
+    naming it. With ``pack_weights`` (the default) the projection weights, and an LM head that
+    is not also the embedding, are stored in the layout the fastest linear kernel reads (see
+    :func:`core.model.block.pack_linear_weight`); the results are the same within fp32 rounding.
     """
 
     def __init__(self, config: ModelConfig, layers: LayerRange, tensors: Mapping[str, torch.Tensor], *,
-                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> None:
+                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                 pack_weights: bool = True) -> None:
         super().__init__()
         if layers.total != config.num_layers:
             raise ShardLoadFailed(
@@ -43,7 +55,7 @@ class Shard(torch.nn.Module):
         self.dtype = dtype
         self.device = torch.device(device)
         self.blocks = torch.nn.ModuleList(
-            DecoderLayer(config, _layer_view(tensors, i), dtype=dtype, device=self.device)
+            DecoderLayer(config, _layer_view(tensors, i), dtype=dtype, device=self.device, pack=pack_weights)
             for i in range(layers.start, layers.end)
         )
 
@@ -55,7 +67,10 @@ class Shard(torch.nn.Module):
         head: torch.Tensor | None = None
         if layers.is_last:
             head_name = head_tensor_name(config)
-            head = self.embed if head_name == EMBED and self.embed is not None else cast(head_name)
+            if head_name == EMBED and self.embed is not None:
+                head = self.embed  # shared with the embedding lookup, which needs it dense
+            else:
+                head = pack_linear_weight(cast(head_name)) if pack_weights else cast(head_name)
         self.register_buffer("lm_head", head)  # [vocab, hidden]
         self.rope = RopeTable(config, dtype=dtype, device=self.device)
 
@@ -96,8 +111,9 @@ class Shard(torch.nn.Module):
         """Run one step of several sessions at once; equals :meth:`forward` per item.
 
         All items' tokens are packed into one ``[sum(T), hidden]`` matrix so each weight is read
-        once per step; attention runs per item against its own cache. Returns one output per
-        item, shaped as :meth:`forward` would return it.
+        once per step. When every item is a single-token decode step, attention runs once for
+        all of them over their padded, masked caches; otherwise per item against its own
+        cache. Returns one output per item, shaped as :meth:`forward` would return it.
         """
         if not items:
             return []
@@ -117,12 +133,18 @@ class Shard(torch.nn.Module):
         offsets = [0]
         for tokens in counts:
             offsets.append(offsets[-1] + tokens)
+        decode = None
+        if max(counts) == 1:  # decode steps only: one attention for all sessions
+            decode = DecodeWindows([w.start for w in windows], self.config.sliding_window, self.device)
         for i, block in enumerate(self.blocks):
             q, k, v = block.qkv(hidden, cos, sin)
+            layer_caches = [cache.layer(i) for _, cache in items]
+            if decode is not None:
+                hidden = block.finish(hidden, attend_decode(q, k, v, layer_caches, decode))
+                continue
             outs = []
-            for j, ((_, cache), win) in enumerate(zip(items, windows, strict=True)):
+            for j, ((keys, values), win) in enumerate(zip(layer_caches, windows, strict=True)):
                 a, b = offsets[j], offsets[j + 1]
-                keys, values = cache.layer(i)
                 outs.append(attend(q[a:b], k[a:b], v[a:b], keys, values, win))
             hidden = block.finish(hidden, torch.cat(outs))
         for (_, cache), win in zip(items, windows, strict=True):
@@ -154,7 +176,7 @@ class Shard(torch.nn.Module):
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         assert self.final_norm is not None and self.lm_head is not None
-        return F.linear(rms_norm(hidden, self.final_norm, self.config.rms_norm_eps), self.lm_head).float()
+        return linear(rms_norm(hidden, self.final_norm, self.config.rms_norm_eps), self.lm_head).float()
 
     def _check_cache(self, cache: KVCache) -> None:
         if (cache.num_layers != len(self.blocks) or cache.num_kv_heads != self.config.num_kv_heads

@@ -98,3 +98,20 @@ def test_default_model_split_three_ways_equals_transformers() -> None:
     assert len(expected) == 32
     assert expected[0] == 7042  # " Paris"
     assert greedy_generate(shards, prompt, 32) == expected
+    # Several sessions at once: prompts packed into one forward, then every decode step batched.
+    prompts = [prompt, [504, 1345, 2017, 314, 253], [1, 9519, 30, 378, 5248, 282, 4104, 314]]
+    assert _batched_greedy(shards, prompts, 16) == [expected[:16]] + [_hf_generate(model, q, 16) for q in prompts[1:]]
+
+
+def _batched_greedy(shards: list[Shard], prompts: list[list[int]], n: int) -> list[list[int]]:
+    """Greedy-decode ``n`` tokens of every prompt at once through ``forward_batch`` on each shard."""
+    caches = [[shard.new_cache() for shard in shards] for _ in prompts]
+    xs = [torch.tensor(q) for q in prompts]
+    out: list[list[int]] = [[] for _ in prompts]
+    for _ in range(n):
+        for i, shard in enumerate(shards):
+            xs = shard.forward_batch([(x, session[i]) for x, session in zip(xs, caches, strict=True)])
+        for tokens, logits in zip(out, xs, strict=True):
+            tokens.append(int(logits[-1].argmax()))
+        xs = [torch.tensor([tokens[-1]]) for tokens in out]
+    return out

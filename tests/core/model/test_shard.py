@@ -105,6 +105,41 @@ def test_forward_batch_equals_per_item_forward(tiny: TinyModel, start: int, end:
         assert cache.length == cached + new
 
 
+@pytest.mark.parametrize(("start", "end"), [(0, 4), (1, 3), (2, 4)])
+def test_forward_batch_of_decode_steps_equals_per_item_forward(tiny: TinyModel, start: int, end: int) -> None:
+    """Single-token steps take the one-attention path: caches of different lengths, some past the window."""
+    shard = _shard(tiny, start, end)
+    hidden, _ = reference_states(tiny.hf, _ids(40, seed=8))
+    cached = [0, 1, 5, 9, 13, 2]
+    base = [_ids(c + 3, seed=20 + i) if start == 0 else hidden[start][i:i + c + 3] for i, c in enumerate(cached)]
+    solo = [shard.new_cache() for _ in cached]
+    together = [shard.new_cache() for _ in cached]
+    for seq, c, a, b in zip(base, cached, solo, together, strict=True):
+        if c:
+            shard(seq[:c], a)
+            shard(seq[:c], b)
+    for step in range(3):  # three decode steps, each batched across all sessions
+        want = [shard(seq[c + step:c + step + 1], a) for seq, c, a in zip(base, cached, solo, strict=True)]
+        got = shard.forward_batch([(seq[c + step:c + step + 1], b) for seq, c, b in zip(base, cached, together, strict=True)])
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g, w, **TOL)
+    assert [b.length for b in together] == [c + 3 for c in cached]
+
+
+def test_packed_weights_change_nothing_but_speed(llama: TinyModel) -> None:
+    layers = LayerRange(0, 4, 4)
+    tensors = pick_shard_tensors(llama.config, layers, llama.hf.state_dict())
+    packed, dense = Shard(llama.config, layers, tensors), Shard(llama.config, layers, tensors, pack_weights=False)
+    assert not dense.blocks[0].wqkv.is_mkldnn and not dense.lm_head.is_mkldnn
+    if torch.backends.mkldnn.is_available():
+        assert packed.blocks[0].wqkv.is_mkldnn and packed.blocks[0].w_down.is_mkldnn and packed.lm_head.is_mkldnn
+    assert sum(b.numel() for b in packed.buffers()) == sum(b.numel() for b in dense.buffers())
+    ids = _ids(12, seed=9)
+    a, b = packed.new_cache(), dense.new_cache()
+    torch.testing.assert_close(packed(ids, a, all_logits=True), dense(ids, b, all_logits=True), **TOL)
+    torch.testing.assert_close(packed(ids[:1], a), dense(ids[:1], b), **TOL)
+
+
 def test_bf16_close_to_transformers_bf16(tiny: TinyModel) -> None:
     ids = _ids(12, seed=7)
     ref = build(tiny.name, tiny.path.parent / f"{tiny.name}-bf16").hf.to(torch.bfloat16)
