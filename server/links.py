@@ -426,10 +426,10 @@ class VolunteerLink:
             self.tokens_served += pending.tokens
             self.compute_s_total += msg.compute_s / msg.batch  # a batch's time is shared by its steps
             self.forward_passes += 1.0 / msg.batch
-            if msg.batch > 1:
-                self.batched_steps += 1
             if msg.handed_off:
                 self.handed_off_steps += 1
+            if msg.batch > 1:
+                self.batched_steps += 1
             elif not pending.replay:  # a batched step's time is not one step's: it would skew the speed seen
                 self.times = self.times.observe(compute_s=msg.compute_s, tokens=pending.tokens, layers=pending.layers)
             y = decode(EncodedTensor(msg.codec, msg.y, msg.scales), dtype=msg.y.dtype if msg.codec == "model" else torch.float32)

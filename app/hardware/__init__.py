@@ -6,6 +6,6 @@ show machine facts at start-up; the benchmark modules load torch when they run.
 
 from __future__ import annotations
 
-RUNTIME_VERSION = "butterfly-runtime/1"
+RUNTIME_VERSION = "butterfly-runtime/2"
 """Revision of the model runtime's compute path; bump it when a change alters layer speed,
 so cached benchmarks are measured again."""

@@ -336,7 +336,7 @@ def spoiled_prefixes(draw: st.DrawFn, seeds: st.SearchStrategy[bytes]) -> bytes:
     if part == "magic":
         return raw_frame(header, body, magic=draw(st.binary(min_size=4, max_size=4)))
     if part == "version":
-        return raw_frame(header, body, version=draw(st.integers(0, 255)))
+        return raw_frame(header, body, version=draw(st.integers(0, 255).filter(lambda v: v != PROTOCOL_VERSION)))
     declared = draw(st.sampled_from([0, header_len - 1, header_len + 1, header_len + 2, header_len + len(body),
                                      header_len + len(body) + 1]) | st.integers(0, 2**32 - 1))
     return raw_frame(header, body, declared=min(max(declared, 0), 2**32 - 1))
