@@ -747,7 +747,7 @@ def test_generators_reach_every_outcome() -> None:
 
         run()
 
-    collect("frame_decoder", 250)
+    collect("frame_decoder", 600)
     collect("message_parser", 250)
     collect("session_volunteer", 100)
     collect("session_pair", 100)
