@@ -57,6 +57,11 @@ PROFILE = HardwareProfile(
 )
 
 
+def randn(*shape: int) -> torch.Tensor:
+    """Normal noise that is the same in every run, whatever ran before (fuzz runs stay reproducible)."""
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(sum(shape)))
+
+
 def hello(**changes: object) -> Hello:
     msg = Hello(
         protocol_version=PROTOCOL_VERSION,
@@ -91,11 +96,11 @@ def assign(assignment_id: str = "a1", **changes: object) -> Assign:
 
 def forward(step_id: int = 1, assignment_id: str = "a1", session_id: str = "s1") -> Forward:
     return Forward(step_id=step_id, session_id=session_id, assignment_id=assignment_id, start_pos=0,
-                   x=torch.randn(1, 3, 576))
+                   x=randn(1, 3, 576))
 
 
 def result(step_id: int = 1, session_id: str = "s1") -> Result:
-    return Result(step_id=step_id, session_id=session_id, compute_s=0.01, y=torch.randn(1, 3, 576).bfloat16())
+    return Result(step_id=step_id, session_id=session_id, compute_s=0.01, y=randn(1, 3, 576).bfloat16())
 
 
 def every_message() -> list[Message]:
@@ -119,12 +124,12 @@ def every_message() -> list[Message]:
         result(),
         Forward(step_id=3, session_id="s1", assignment_id="a1", start_pos=4, x=torch.empty(0), from_node="bf1up",
                 next_node="bf1down", next_step=9, logits_top=64),
-        Result(step_id=3, session_id="s1", compute_s=0.02, y=torch.randn(1, 64), handed_off=True,
+        Result(step_id=3, session_id="s1", compute_s=0.02, y=randn(1, 64), handed_off=True,
                indices=torch.arange(64, dtype=torch.int32).reshape(1, 64)),
-        Feed(step_id=3, x=torch.randn(1, 576)),
+        Feed(step_id=3, x=randn(1, 576)),
         PeerChallenge(node_public_key=b"\x08" * 32, nonce=b"\x09" * 32),
         PeerAuth(node_public_key=b"\x0a" * 32, signature=b"\x0b" * 64),
-        Handoff(step_id=9, session_id="s1", start_pos=4, x=torch.randn(1, 576).half(), codec="float16"),
+        Handoff(step_id=9, session_id="s1", start_pos=4, x=randn(1, 576).half(), codec="float16"),
         EndSession(session_id="s1"),
         Heartbeat(seq=7, sent_at=12345.678),
         HeartbeatAck(seq=7, sent_at=-1.0),
