@@ -217,51 +217,42 @@ class VolunteerLink:
 
         ``replay`` marks steps that rebuild a cache: they do not count as serving speed.
         """
-        if self.closed.is_set():
-            raise StageFailed(f"volunteer {self.name} is gone: {self.close_reason}")
-        state = self.loads.get(assignment_id)
-        layers = state.cost_layers if state is not None else 1.0
-        loop = asyncio.get_running_loop()
         ids: list[int] = []
         timeout = 0.0
-        codec = self.codec
         queued_s = self._queued_s()  # other sessions' steps ahead of ours at the volunteer
         try:
             for start_pos, x in steps:
-                step_id = next(self._step_ids)
-                tokens = int(x.shape[0])
-                self._pending[step_id] = _Pending(
-                    loop.create_future(), time.perf_counter(), tokens, layers, replay or len(steps) > 1,
-                    state.layers if state is not None else None, logits_top,
-                )
+                step_id = self.open_step(assignment_id=assignment_id, tokens=int(x.shape[0]), logits_top=logits_top,
+                                         replay=replay or len(steps) > 1)
                 ids.append(step_id)
-                timeout += self.step_timeout(tokens=tokens, layers=layers, queued_s=queued_s)
+                pending = self._pending[step_id]
+                timeout += self.step_timeout(tokens=pending.tokens, layers=pending.layers, queued_s=queued_s)
                 queued_s = 0.0  # counted once, with the first step
-                enc = encode(x, codec)
-                await self.channel.send(Forward(
-                    step_id=step_id, session_id=session_id, assignment_id=assignment_id, start_pos=start_pos,
-                    x=enc.data, codec=enc.codec, scales=enc.scales, logits_codec=self.logits_codec, logits_top=logits_top,
-                ))
+                await self.send_step(step_id, session_id=session_id, assignment_id=assignment_id, start_pos=start_pos,
+                                     x=x, logits_top=logits_top)
             futures = [self._pending[i].future for i in ids]
             return list(await asyncio.wait_for(asyncio.gather(*futures), min(timeout, self.stall_ceiling_s * len(ids))))
         except TimeoutError:
-            self.close_reason = f"stalled: no answer within {timeout:.1f} s"
-            asyncio.create_task(self.channel.close(4002, "stalled"))
-            raise StageFailed(f"volunteer {self.name} stalled (no answer within {timeout:.1f} s)") from None
+            raise self._stalled(timeout) from None
         except (ChannelClosed, ConnectionError) as exc:
             raise StageFailed(f"volunteer {self.name} disconnected: {exc}") from exc
         finally:
             for i in ids:
-                pending = self._pending.pop(i, None)
-                if pending is not None and not pending.future.done():
-                    pending.future.cancel()
+                self.abandon(i)
+
+    def _stalled(self, limit_s: float) -> StageFailed:
+        """Close this link as stalled (in the background) and return the error to raise."""
+        self.close_reason = f"stalled: no answer within {limit_s:.1f} s"
+        asyncio.create_task(self.channel.close(4002, "stalled"))
+        return StageFailed(f"volunteer {self.name} stalled (no answer within {limit_s:.1f} s)")
 
     # --- direct links: the steps of one token, sent to every stage at once ----------
 
-    def open_step(self, *, assignment_id: str, tokens: int, logits_top: int = 0) -> int:
+    def open_step(self, *, assignment_id: str, tokens: int, logits_top: int = 0, replay: bool = False) -> int:
         """Register a step to be sent with :meth:`send_step`; its id, for the upstream stage's ``next_step``.
 
-        Every opened step ends with :meth:`wait_step` or :meth:`abandon`.
+        Every opened step ends with :meth:`wait_step` or :meth:`abandon`. ``replay`` marks a
+        step that rebuilds a cache: its time is not a measure of serving speed.
         """
         if self.closed.is_set():
             raise StageFailed(f"volunteer {self.name} is gone: {self.close_reason}")
@@ -269,7 +260,7 @@ class VolunteerLink:
         step_id = next(self._step_ids)
         self._pending[step_id] = _Pending(
             asyncio.get_running_loop().create_future(), time.perf_counter(), tokens,
-            state.cost_layers if state is not None else 1.0, False, state.layers if state is not None else None,
+            state.cost_layers if state is not None else 1.0, replay, state.layers if state is not None else None,
             logits_top,
         )
         return step_id
@@ -333,9 +324,7 @@ class VolunteerLink:
                     timeout /= 2
             return await asyncio.wait_for(pending.future, timeout)
         except TimeoutError:
-            self.close_reason = f"stalled: no answer within {limit:.1f} s"
-            asyncio.create_task(self.channel.close(4002, "stalled"))
-            raise StageFailed(f"volunteer {self.name} stalled (no answer within {limit:.1f} s)") from None
+            raise self._stalled(limit) from None
         finally:
             self.abandon(step_id)
 
